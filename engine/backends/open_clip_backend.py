@@ -1,0 +1,101 @@
+"""open_clip backend: a CLIP split at a residual-stream site into a prefix and a suffix.
+
+Sites are ``blocks.{i}.resid_post``: the residual stream after vision block ``i`` (tokens: the class token
+first, then the patches row by row). ``prefix`` runs the patch embedding and blocks 0..i; ``suffix`` runs
+blocks i+1.. and the pooling head, so ``suffix(prefix(x))`` equals ``model.encode_image(x)`` and a sweep or an
+attribution never recomputes the prefix. The preprocessing and the tokenizer are the ones open_clip returns
+for the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.resid_post$")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model cannot be loaded here (not cached and not fetchable); the message says how to provide it."""
+
+
+class OpenClipBackend:
+    def __init__(self, spec: ModelSpec, device: torch.device):
+        self.spec = spec
+        self.device = device
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=spec.pretrained, device=device
+            )
+        except (FileNotFoundError, OSError) as error:
+            raise ModelUnavailableError(
+                f"could not load open_clip model {spec.display_name}: {error}. Offline, pass a local directory "
+                "('local-dir:/path' with open_clip_config.json and weights) or a weights file as pretrained."
+            ) from error
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        visual = self.model.visual
+        if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "transformer"):
+            raise ModelUnavailableError(f"{spec.display_name}: only ViT towers with token pooling are supported")
+        self.visual = visual
+        self.n_blocks = len(visual.transformer.resblocks)
+        self.grid = tuple(visual.grid_size)
+        self.n_prefix_tokens = 1
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(f"blocks.{i}.resid_post" for i in range(self.n_blocks))
+
+    def block_index(self, site: str) -> int:
+        match = SITE_PATTERN.match(site)
+        if match is None or int(match.group(1)) >= self.n_blocks:
+            raise ValueError(
+                f"unknown site {site!r}; valid: blocks.0.resid_post .. blocks.{self.n_blocks - 1}.resid_post"
+            )
+        return int(match.group(1))
+
+    def site_module(self, site: str) -> torch.nn.Module:
+        """The module whose output is the site (for hooks: VLMs and the slow references)."""
+        return self.visual.transformer.resblocks[self.block_index(site)]
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
+
+    def prefix(self, pixels_BCHW: torch.Tensor, site: str) -> torch.Tensor:
+        """Residual stream at ``site``, (B, T, D) with T = 1 + patches."""
+        last = self.block_index(site)
+        x_BTD = self.visual._embeds(pixels_BCHW)
+        for block in self.visual.transformer.resblocks[: last + 1]:
+            x_BTD = block(x_BTD)
+        return x_BTD
+
+    def suffix(self, acts_BTD: torch.Tensor, site: str) -> torch.Tensor:
+        """Image embeddings (B, E), unnormalised, from the residual stream at ``site``."""
+        x_BTD = acts_BTD
+        for block in self.visual.transformer.resblocks[self.block_index(site) + 1 :]:
+            x_BTD = block(x_BTD)
+        pooled_BD, _ = self.visual._pool(x_BTD)
+        return pooled_BD @ self.visual.proj if self.visual.proj is not None else pooled_BD
+
+    def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """The model's own full forward (the reference that prefix + suffix must equal)."""
+        return self.model.encode_image(pixels_BCHW)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings (L, E)."""
+        tokens = self.tokenizer(prompts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100))

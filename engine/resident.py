@@ -1,0 +1,166 @@
+"""Resident models and per-image caches: load once, keep on the device, never recompute a prefix.
+
+A :class:`Workbench` holds one model and one SAE at the SAE's site. For every image it computes, once, the
+site activations (the prefix, without autograd), their SAE code ``f`` and the error term, and keeps them in
+an LRU cache with a byte budget, keyed by the image's content hash; label embeddings are cached per label
+list. Access is serialised by one lock: requests from many users run one at a time, so results equal
+running them in sequence, and no request sees another's edits (edits are values, never hooks).
+
+``load_workbench`` is cached by the frozen specs, so the app, the evaluation and the benchmark share one
+resident copy per (model, SAE, device).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from engine import zeroshot
+from engine.backends.open_clip_backend import OpenClipBackend
+from engine.sae import SAE, SAEFormatError
+from engine.specs import ModelSpec, SAESpec
+
+log = logging.getLogger(__name__)
+LATENT_INFO_FILE = "latent_info.json"  # beside an SAE: per-latent label, AUROC, typical activation
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """Everything about one image at the site; tensors (T, ...) for a single image."""
+
+    acts_TD: torch.Tensor
+    f_TS: torch.Tensor
+    error_TD: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.acts_TD, self.f_TS, self.error_TD))
+
+
+@dataclass(frozen=True)
+class LatentInfo:
+    """What is known about each latent: a label (with its score) and its typical activation."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    typical_activation: tuple[float, ...]
+
+
+def image_key(image: Image.Image) -> str:
+    digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class Workbench:
+    def __init__(
+        self, model_spec: ModelSpec, sae_spec: SAESpec, device: torch.device | None = None, cache_mb: int = 512
+    ):
+        self.device = device or default_device()
+        self.model_spec = model_spec
+        self.backend = OpenClipBackend(model_spec, self.device)
+        self.sae = SAE.load(sae_spec.path).to(self.device)
+        self.site = self.sae.config.hook_name
+        self.backend.block_index(self.site)
+        d_model = self.backend.visual.transformer.width
+        if self.sae.config.d_in != d_model:
+            raise SAEFormatError(
+                f"SAE d_in {self.sae.config.d_in} does not match {model_spec.display_name} at {self.site} (d={d_model})"
+            )
+        self.latent_info = _read_latent_info(Path(sae_spec.path), self.sae.config.d_sae)
+        self.lock = threading.RLock()
+        self.cache_bytes = cache_mb * 2**20
+        self._states: OrderedDict[str, SiteState] = OrderedDict()
+        self._texts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    @property
+    def d_sae(self) -> int:
+        return self.sae.config.d_sae
+
+    def check_latent(self, latent: int) -> int:
+        if not isinstance(latent, int) or not 0 <= latent < self.d_sae:
+            raise ValueError(f"unknown latent id {latent!r}; valid: 0 .. {self.d_sae - 1}")
+        return latent
+
+    @torch.no_grad()
+    def site_states(self, images: list[Image.Image]) -> list[SiteState]:
+        """Site activations, SAE code and error per image; computed once per distinct image."""
+        with self.lock:
+            keys = [image_key(im) for im in images]
+            missing = [i for i, k in enumerate(keys) if k not in self._states]
+            if missing:
+                acts_BTD = self.backend.prefix(self.backend.pixels([images[i] for i in missing]), self.site)
+                f_BTS = self.sae.encode(acts_BTD)
+                error_BTD = acts_BTD - self.sae.decode(f_BTS)
+                for j, i in enumerate(missing):
+                    self._states[keys[i]] = SiteState(acts_BTD[j].clone(), f_BTS[j].clone(), error_BTD[j].clone())
+            for k in keys:
+                self._states.move_to_end(k)
+            states = [self._states[k] for k in keys]
+            self._evict()
+            return states
+
+    def _evict(self) -> None:
+        total = sum(s.nbytes for s in self._states.values())
+        while total > self.cache_bytes and len(self._states) > 1:
+            _, state = self._states.popitem(last=False)
+            total -= state.nbytes
+
+    def text_embeddings(self, labels: list[str], template: str | None = None) -> torch.Tensor:
+        template = template or self.model_spec.prompt_template
+        if "{}" not in template:
+            raise ValueError(f"the prompt template must contain '{{}}' where the label goes; got {template!r}")
+        key = (tuple(labels), template)
+        with self.lock:
+            if key not in self._texts:
+                self._texts[key] = self.backend.encode_text([template.format(label) for label in labels])
+                while len(self._texts) > 64:
+                    self._texts.popitem(last=False)
+            return self._texts[key]
+
+    def logits_from_acts(self, acts_BTD: torch.Tensor, text_emb_LE: torch.Tensor) -> torch.Tensor:
+        return zeroshot.zero_shot_logits(
+            self.backend.suffix(acts_BTD, self.site), text_emb_LE, self.backend.logit_scale
+        )
+
+    @torch.no_grad()
+    def predict(self, images: list[Image.Image], labels: list[str], template: str | None = None) -> torch.Tensor:
+        """Zero-shot logits (B, L) from the cached prefix."""
+        with self.lock:
+            acts_BTD = torch.stack([s.acts_TD for s in self.site_states(images)])
+            return self.logits_from_acts(acts_BTD, self.text_embeddings(labels, template))
+
+    def latent_label(self, latent: int) -> str:
+        if self.latent_info is None:
+            return ""
+        return self.latent_info.labels[latent]
+
+
+def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
+    path = directory / LATENT_INFO_FILE
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    info = LatentInfo(tuple(raw["labels"]), tuple(raw["scores"]), tuple(raw["typical_activation"]))
+    if not len(info.labels) == len(info.scores) == len(info.typical_activation) == d_sae:
+        raise SAEFormatError(f"{path}: expected {d_sae} entries per field")
+    return info
+
+
+@functools.cache
+def load_workbench(model_spec: ModelSpec, sae_spec: SAESpec, device: str | None = None) -> Workbench:
+    """The resident workbench for these specs (loaded on first use, then shared)."""
+    return Workbench(model_spec, sae_spec, torch.device(device) if device else None)

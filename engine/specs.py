@@ -1,0 +1,69 @@
+"""Frozen, hashable specifications of what the engine loads: a model and an SAE.
+
+They are the keys of the resident caches (one loaded model per spec), so two requests that name the same
+model share it, and a spec can be written into a manifest or a URL and read back.
+
+>>> ModelSpec.toy().family
+'open_clip'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TOY_CLIP_DIR = ASSETS / "toy_clip"
+TOY_SAE_DIR = ASSETS / "toy_sae"
+
+MODEL_FAMILIES = ("open_clip",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A CLIP-style model: ``family`` picks the backend, ``name`` and ``pretrained`` are the family's own ids.
+
+    For open_clip, ``name`` is a model name ("ViT-B-32") with ``pretrained`` a tag or a file, or
+    ``local-dir:/path`` holding ``open_clip_config.json`` and weights (how the toy model ships).
+    """
+
+    family: str
+    name: str
+    pretrained: str | None = None
+    prompt_template: str = "a photo of a {}."
+    default_labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.family not in MODEL_FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; valid: {', '.join(MODEL_FAMILIES)}")
+        if "{}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}' where the label goes; got {self.prompt_template!r}")
+
+    @classmethod
+    def toy(cls) -> ModelSpec:
+        return cls(
+            family="open_clip",
+            name=f"local-dir:{TOY_CLIP_DIR}",
+            prompt_template="a {}",
+            default_labels=("circle", "square", "triangle", "cross"),
+        )
+
+    @property
+    def display_name(self) -> str:
+        if self.name.startswith("local-dir:") and Path(self.name[10:]) == TOY_CLIP_DIR:
+            return "toy CLIP (embedded)"
+        return self.name if self.pretrained is None else f"{self.name} ({self.pretrained})"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """An SAE on disk (a directory in the SAELens layout: cfg.json + sae_weights.safetensors)."""
+
+    path: str
+
+    @classmethod
+    def toy(cls) -> SAESpec:
+        return cls(path=str(TOY_SAE_DIR))

@@ -1,0 +1,90 @@
+"""Rebuild every toy-world asset from scratch, deterministically, on a CPU.
+
+    python -m engine.toyworld.build              # writes assets/toy_clip, assets/toy_sae, assets/examples
+    python -m engine.toyworld.build --tiny --out /tmp/toy   # seconds: the same trainers on a tiny config
+
+Each asset directory gets a ``manifest.json`` with its config, seed, the command and its metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.backends.open_clip_backend import OpenClipBackend
+from engine.specs import ASSETS, ModelSpec
+from engine.toyworld import render, train_clip, train_sae
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_SEED = 424_242
+EXAMPLES = [
+    render.Scene("circle", "red", "plain", "large", "top left", "absent"),
+    render.Scene("square", "blue", "striped", "large", "bottom right", "absent"),
+    render.Scene("triangle", "green", "dotted", "large", "top right", "absent"),
+    render.Scene("cross", "yellow", "plain", "small", "bottom left", "absent"),
+    render.Scene("circle", "magenta", "striped", "small", "bottom right", "present"),
+    render.Scene("triangle", "cyan", "plain", "large", "bottom left", "present"),
+]
+
+
+def example_name(scene: render.Scene) -> str:
+    return "_".join(v.replace(" ", "-") for v in (scene.colour, scene.shape, scene.position, scene.texture)) + (
+        "_marker" if scene.marker == "present" else ""
+    )
+
+
+def write_examples(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = {}
+    for i, scene in enumerate(EXAMPLES):
+        image, _ = render.render(scene, EXAMPLE_SEED + i)
+        name = f"{example_name(scene)}.png"
+        image.save(out / name)
+        provenance[name] = {"scene": scene.as_dict(), "seed": EXAMPLE_SEED + i}
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+
+
+def build(out: Path, tiny: bool = False) -> dict:
+    torch.manual_seed(0)
+    np.random.seed(0)
+    clip_config, sae_config = train_clip.ToyClipConfig(), train_sae.ToySAEConfig()
+    if tiny:
+        clip_config = replace(clip_config, layers=4, width=32, train_images=64, steps=2, batch_size=16)
+        sae_config = replace(sae_config, train_images=32, steps=3, batch_tokens=64, label_images=48)
+    command = " ".join(["python -m engine.toyworld.build", *sys.argv[1:]])
+    start = time.time()
+    train_clip.train(clip_config, out / "toy_clip")
+    backend = OpenClipBackend(ModelSpec("open_clip", f"local-dir:{out / 'toy_clip'}"), torch.device("cpu"))
+    train_sae.train(backend, sae_config, out / "toy_sae")
+    for name in ("toy_clip", "toy_sae"):
+        manifest_path = out / name / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["command"] = command
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+    write_examples(out / "examples")
+    summary = {"seconds": round(time.time() - start), "out": str(out)}
+    log.info("built toy assets %s", summary)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ASSETS, help="where to write (default: assets/)")
+    parser.add_argument("--tiny", action="store_true", help="a few steps on a tiny config (a smoke test)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    build(args.out, tiny=args.tiny)
+
+
+if __name__ == "__main__":
+    main()

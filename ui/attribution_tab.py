@@ -1,0 +1,130 @@
+"""The Attribution tab: which SAE latents drive this prediction, where, and is the estimate faithful."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from engine import attribution
+from ui.common import AppContext, load_image, overlay, parse_labels, parse_latent, save_png, user_errors
+
+METRIC_CHOICES = [
+    ("logit difference (target vs best other)", "logit_difference"),
+    ("target probability", "probability"),
+]
+
+
+def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
+    probs = logits_L.softmax(-1).tolist()
+    return pd.DataFrame({"label": labels, "probability": [round(p, 4) for p in probs], "logit": logits_L.tolist()})
+
+
+def run_attribution(ctx: AppContext, image, labels_text, template, target, metric, top_k):
+    """Handler behind the `attribute` endpoint."""
+    bench = ctx.bench
+    picture = load_image(image)
+    labels = parse_labels(labels_text)
+    top_k = int(parse_latent_count(top_k))
+    result = attribution.attribute(
+        bench, picture, labels, target or None, metric or "logit_difference", template or None
+    )
+    latents = result.top(top_k)
+    activation_S = result.state.f_TS.sum(0)
+    info = bench.latent_info
+    table = pd.DataFrame(
+        {
+            "latent": latents,
+            "label": [bench.latent_label(i) for i in latents],
+            "label_auroc": [info.scores[i] if info else None for i in latents],
+            "attribution": [round(float(result.scores_S[i]), 4) for i in latents],
+            "activation": [round(float(activation_S[i]), 4) for i in latents],
+        }
+    )
+    grid = bench.backend.grid
+    gallery = [
+        (
+            save_png(overlay(picture, attribution.patch_map(result.state.f_TS[:, i], grid)), f"latent{i}_"),
+            f"#{i} {bench.latent_label(i)}",
+        )
+        for i in latents[:6]
+    ]
+    faith = attribution.faithfulness(bench, result, k=top_k, template=template or None)
+    faith_table = pd.DataFrame(
+        {
+            "latent": faith["latents"],
+            "predicted_drop": [round(v, 4) for v in faith["predicted"]],
+            "actual_drop": [round(v, 4) for v in faith["actual"]],
+        }
+    )
+    summary = (
+        f"**Prediction:** {labels[int(result.logits_L.argmax())]} · **target:** {labels[result.target]} · "
+        f"**{result.metric.replace('_', ' ')}:** {result.metric_value:.3f} · "
+        f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** {faith['spearman']:.2f}"
+    )
+    selected = latents[0] if latents else None
+    return predictions_frame(labels, result.logits_L), table, gallery, faith_table, summary, selected
+
+
+def parse_latent_count(value) -> int:
+    try:
+        k = int(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"top k must be a whole number 1 .. 50; got {value!r}") from None
+    if not 1 <= k <= 50:
+        raise ValueError(f"top k must be within 1 .. 50; got {k}")
+    return k
+
+
+def latent_heatmap(ctx: AppContext, image, latent) -> tuple[str, str]:
+    """Handler behind `heatmap`: where one latent fires on the image."""
+    bench = ctx.bench
+    picture = load_image(image)
+    latent = parse_latent(latent, bench)
+    (state,) = bench.site_states([picture])
+    map_HW = attribution.patch_map(state.f_TS[:, latent], bench.backend.grid)
+    cls = float(state.f_TS[0, latent])
+    caption = f"latent {latent} ({bench.latent_label(latent) or 'no label'}): max over patches {float(map_HW.max()):.3f}, class token {cls:.3f}"
+    return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
+
+
+def build(
+    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Number
+) -> None:
+    with gr.Row():
+        target = gr.Textbox(label="Target label (blank: the predicted one)", scale=2)
+        metric = gr.Radio(METRIC_CHOICES, value="logit_difference", label="Metric", scale=2)
+        top_k = gr.Slider(1, 50, value=10, step=1, label="Top latents", scale=1)
+    run = gr.Button("Attribute", variant="primary")
+    summary = gr.Markdown()
+    with gr.Row():
+        predictions_plot = gr.BarPlot(x="label", y="probability", title="Prediction", y_lim=[0, 1], sort="-y")
+        predictions = gr.Dataframe(label="Predictions", interactive=False)
+    latents = gr.Dataframe(
+        label="Top latents (click a row to select it for the heatmap and for Steering)", interactive=False
+    )
+    gallery = gr.Gallery(label="Where the top latents fire (activation per patch)", columns=6, height=220)
+    with gr.Row():
+        with gr.Column():
+            heat = gr.Image(label="Selected latent", type="filepath", height=260)
+            heat_caption = gr.Markdown()
+        faith = gr.Dataframe(label="Faithfulness: predicted vs actual drop of the metric when each latent is removed")
+
+    def attribute(image, labels_text, template_text, target_text, metric_value, k):
+        return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
+
+    def heatmap(image, latent):
+        return latent_heatmap(ctx, image, latent)
+
+    def pick(table, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return int(table.iloc[row]["latent"])
+
+    event = run.click(
+        user_errors(attribute),
+        [image, labels, template, target, metric, top_k],
+        [predictions, latents, gallery, faith, summary, selected_latent],
+        api_name="attribute",
+    )
+    event.success(lambda df: df, predictions, predictions_plot, api_name=False)
+    latents.select(pick, latents, selected_latent, api_name=False)
+    selected_latent.change(user_errors(heatmap), [image, selected_latent], [heat, heat_caption], api_name="heatmap")

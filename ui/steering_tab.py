@@ -1,0 +1,188 @@
+"""The Steering tab: suppress, amplify or add concepts and watch the prediction move."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from engine import steering
+from ui.common import (
+    AppContext,
+    load_image,
+    parse_float_list,
+    parse_int_list,
+    parse_labels,
+    parse_latent,
+    parse_number,
+    user_errors,
+)
+
+MODE_CHOICES = [
+    ("scale (0 removes, 1 unchanged, >1 amplifies)", "scale"),
+    ("add (in units of typical activation)", "add"),
+]
+MAX_SWEEP_POINTS = 64
+
+
+def parse_edit(ctx: AppContext, latents_text, strengths_text, mode, patches_text) -> steering.Edit:
+    latents = [parse_latent(v, ctx.bench) for v in parse_int_list(latents_text, "latent ids")]
+    if not latents:
+        raise ValueError(f"choose at least one latent id (0 .. {ctx.bench.d_sae - 1})")
+    strengths = parse_float_list(strengths_text, "strength")
+    if len(strengths) == 1:
+        strengths = strengths * len(latents)
+    patches = parse_int_list(patches_text, "patch indices")
+    return steering.Edit(tuple(latents), tuple(strengths), mode or "scale", tuple(patches) if patches else None)
+
+
+def run_steer(ctx: AppContext, image, labels_text, template, latents_text, strengths_text, mode, patches_text):
+    """Handler behind the `steer` endpoint: before/after probabilities."""
+    edit = parse_edit(ctx, latents_text, strengths_text, mode, patches_text)
+    labels = parse_labels(labels_text)
+    result = steering.steer(ctx.bench, load_image(image), labels, edit, template or None)
+    table = pd.DataFrame(
+        {
+            "label": labels,
+            "before": [round(p, 4) for p in result["before"]],
+            "after": [round(p, 4) for p in result["after"]],
+        }
+    )
+    long = pd.concat(
+        [
+            pd.DataFrame({"label": labels, "probability": result["before"], "run": "before"}),
+            pd.DataFrame({"label": labels, "probability": result["after"], "run": "after"}),
+        ]
+    )
+    summary = f"**Before:** {result['predicted_before']} → **after:** {result['predicted_after']}"
+    return table, long, summary
+
+
+def strengths_grid(s_min, s_max, n_points) -> list[float]:
+    low, high = parse_number(s_min, "lowest strength"), parse_number(s_max, "highest strength")
+    n = int(parse_number(n_points, "number of strengths"))
+    if not 2 <= n <= MAX_SWEEP_POINTS:
+        raise ValueError(f"number of strengths must be within 2 .. {MAX_SWEEP_POINTS}; got {n}")
+    if low >= high:
+        raise ValueError(f"the lowest strength must be below the highest; got {low} and {high}")
+    if max(abs(low), abs(high)) > steering.MAX_ABS_STRENGTH:
+        raise ValueError(f"strengths must lie within +-{steering.MAX_ABS_STRENGTH:g}")
+    return np.linspace(low, high, n).round(6).tolist()
+
+
+def run_sweep(
+    ctx: AppContext, image, labels_text, template, latent, s_min, s_max, n_points, mode, patches_text, metric
+):
+    """Handler behind the `sweep` endpoint: the metric against strength, for the latent and a random direction."""
+    bench = ctx.bench
+    latent = parse_latent(latent, bench)
+    strengths = strengths_grid(s_min, s_max, n_points)
+    patches = parse_int_list(patches_text, "patch indices")
+    result = steering.sweep(
+        bench, load_image(image), parse_labels(labels_text), latent, strengths,
+        mode=mode or "scale", patches=tuple(patches) if patches else None, template=template or None,
+    )  # fmt: skip
+    metric = metric or "logit_difference"
+    if metric not in ("logit_difference", "probability", "kl"):
+        raise ValueError(f"unknown metric {metric!r}; valid: logit_difference, probability, kl")
+    rows = []
+    for curve in ("latent", "random"):
+        for i, s in enumerate(result["strengths"]):
+            rows.append(
+                {
+                    "strength": s,
+                    "curve": f"latent {latent}" if curve == "latent" else "random direction (same norm)",
+                    "logit_difference": result[curve]["logit_difference"][i],
+                    "probability": result[curve]["probability"][i],
+                    "kl": result[curve]["kl"][i],
+                    "predicted": result[curve]["predicted"][i],
+                }
+            )
+    frame = pd.DataFrame(rows)
+    plot = frame[["strength", "curve", metric]].rename(columns={metric: "value"})
+    flips = [s for s, p in zip(result["strengths"], result["latent"]["predicted"]) if p != result["target"]]
+    summary = f"Target **{result['target']}**. " + (
+        f"The prediction changes at strength {flips[0]:g} (first in the sweep)."
+        if flips
+        else "The prediction never changes in this range."
+    )
+    return frame, plot, summary
+
+
+def run_ripple(ctx: AppContext, labels_text, template, latents_text, strengths_text, mode, patches_text):
+    """Handler behind `ripple`: the same edit on a held-out batch, per label."""
+    if ctx.heldout is None:
+        raise ValueError("no held-out batch is available for this model")
+    edit = parse_edit(ctx, latents_text, strengths_text, mode, patches_text)
+    labels = parse_labels(labels_text)
+    images, truth = ctx.heldout(labels)
+    rows = steering.ripple(ctx.bench, images, labels, edit, truth, template or None)
+    return pd.DataFrame(rows)
+
+
+def build(
+    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Number
+) -> None:
+    with gr.Row():
+        latents = gr.Textbox(label="Latent ids (comma-separated)", placeholder="e.g. 12, 40", scale=2)
+        strengths = gr.Textbox(label="Strengths (one, or one per latent)", value="0", scale=2)
+        mode = gr.Radio(MODE_CHOICES, value="scale", label="Mode", scale=3)
+        patches = gr.Textbox(label="Patches (blank: all)", placeholder="e.g. 0, 1, 6", scale=1)
+    with gr.Row():
+        steer_button = gr.Button("Steer", variant="primary")
+        ripple_button = gr.Button("Ripple effects on held-out images")
+    steer_summary = gr.Markdown()
+    with gr.Row():
+        steer_plot = gr.BarPlot(x="label", y="probability", color="run", title="Before / after", y_lim=[0, 1])
+        steer_table = gr.Dataframe(label="Probabilities before and after", interactive=False)
+    ripple_table = gr.Dataframe(label="Ripple effects: the same edit on a held-out batch", interactive=False)
+    gr.Markdown("### Strength sweep (one batched pass, with a random norm-matched direction as baseline)")
+    with gr.Row():
+        sweep_latent = gr.Number(label="Latent id", precision=0)
+        s_min = gr.Number(label="From", value=-1.0)
+        s_max = gr.Number(label="To", value=3.0)
+        n_points = gr.Slider(2, MAX_SWEEP_POINTS, value=16, step=1, label="Strengths")
+        metric = gr.Radio(["logit_difference", "probability", "kl"], value="logit_difference", label="Plot")
+    sweep_button = gr.Button("Sweep")
+    sweep_summary = gr.Markdown()
+    sweep_plot = gr.LinePlot(x="strength", y="value", color="curve", title="Metric against strength")
+    sweep_table = gr.Dataframe(label="Sweep", interactive=False)
+
+    def steer(image, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text):
+        return run_steer(ctx, image, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
+
+    def sweep(image, labels_text, template_text, latent, low, high, n, mode_value, patches_text, metric_value,
+              progress=gr.Progress()):  # fmt: skip
+        progress(0.1, desc="sweeping in one batched pass")
+        return run_sweep(
+            ctx, image, labels_text, template_text, latent, low, high, n, mode_value, patches_text, metric_value
+        )
+
+    def ripple(
+        labels_text, template_text, latents_text, strengths_text, mode_value, patches_text, progress=gr.Progress()
+    ):
+        progress(0.1, desc="applying the edit to the held-out batch")
+        return run_ripple(ctx, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
+
+    steer_event = steer_button.click(
+        user_errors(steer),
+        [image, labels, template, latents, strengths, mode, patches],
+        [steer_table, steer_plot, steer_summary],
+        api_name="steer",
+    )
+    del steer_event
+    sweep_button.click(
+        user_errors(sweep),
+        [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric],
+        [sweep_table, sweep_plot, sweep_summary],
+        api_name="sweep",
+    )
+    ripple_button.click(
+        user_errors(ripple), [labels, template, latents, strengths, mode, patches], ripple_table, api_name="ripple"
+    )
+    selected_latent.change(
+        lambda v: (gr.update() if v is None else str(int(v)), v),
+        selected_latent,
+        [latents, sweep_latent],
+        api_name=False,
+    )
