@@ -150,3 +150,17 @@ def save_png(image: Image.Image, prefix: str) -> str:
     image.save(handle, format="PNG")
     handle.close()
     return handle.name
+
+
+class ImageInput(gr.Image):
+    """``gr.Image`` whose decoding failures (a text file, a truncated PNG, a decompression bomb) reach the user
+    as a clear message instead of Gradio's generic processing error."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as error:
+            name = Path(getattr(payload, "path", "") or "the file").name
+            raise gr.Error(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...): {error}") from None

@@ -11,7 +11,7 @@ from engine.resident import Workbench
 from engine.specs import ASSETS, ModelSpec
 from engine.toyworld import captions, render
 from ui import attribution_tab, steering_tab
-from ui.common import AppContext
+from ui.common import AppContext, ImageInput
 
 HELDOUT_SEED, HELDOUT_SIZE = 777_000, 96
 INTRO = """# Concept Steering Workbench
@@ -44,7 +44,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(INTRO.format(model=spec.display_name, d_sae=bench.d_sae, site=bench.site))
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=260)
+                image = ImageInput(label="Image", type="filepath", sources=["upload", "clipboard"], height=260)
                 if ctx.examples:
                     gr.Examples(ctx.examples, inputs=image, label="Toy-world examples")
             with gr.Column(scale=2):

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from engine.hooks import attached
+
+
+def test_prefix_then_suffix_equals_the_models_own_forward(bench, scene_images):
+    images, _ = scene_images
+    pixels = bench.backend.pixels(images)
+    with torch.no_grad():
+        for site in bench.backend.sites:
+            split = bench.backend.suffix(bench.backend.prefix(pixels, site), site)
+            torch.testing.assert_close(split, bench.backend.encode_image(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_site_activations_equal_open_clips_forward_intermediates(bench, image):
+    pixels = bench.backend.pixels([image])
+    index = bench.backend.block_index(bench.site)
+    with torch.no_grad():
+        out = bench.backend.visual.forward_intermediates(
+            pixels, indices=[index], output_fmt="NLC", output_extra_tokens=True, intermediates_only=True
+        )
+        ours = bench.backend.prefix(pixels, bench.site)
+    torch.testing.assert_close(ours[:, 1:], out["image_intermediates"][0])
+    torch.testing.assert_close(ours[:, :1], out["image_intermediates_prefix"][0])
+
+
+def test_hooked_site_module_output_is_the_prefix(bench, image):
+    pixels = bench.backend.pixels([image])
+    seen = []
+    with torch.no_grad(), attached([(bench.backend.site_module(bench.site), lambda m, i, o: seen.append(o))]):
+        bench.backend.encode_image(pixels)
+        prefix = bench.backend.prefix(pixels, bench.site)
+    torch.testing.assert_close(seen[0], prefix)
+
+
+def test_unknown_site_names_the_valid_ones(bench):
+    with pytest.raises(ValueError, match=r"valid: blocks.0.resid_post .. blocks.3.resid_post"):
+        bench.backend.block_index("blocks.9.resid_post")
+
+
+def test_sae_error_term_makes_insertion_a_no_op(bench, image):
+    (state,) = bench.site_states([image])
+    rebuilt = bench.sae.decode(state.f_TS) + state.error_TD
+    torch.testing.assert_close(rebuilt, state.acts_TD, rtol=0, atol=1e-5)
+
+
+def test_site_states_are_cached_by_image_content(bench, scene_images):
+    images, _ = scene_images
+    first = bench.site_states([images[1]])[0]
+    again = bench.site_states([images[1].copy()])[0]
+    assert first is again

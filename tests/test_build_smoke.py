@@ -1,0 +1,25 @@
+"""The asset build runs end to end: the same trainers, a few steps on a tiny config."""
+
+import json
+
+import torch
+
+from engine.resident import Workbench
+from engine.specs import ModelSpec, SAESpec
+from engine.toyworld import build
+
+
+def test_tiny_build_produces_loadable_assets(tmp_path):
+    build.build(tmp_path, tiny=True)
+    clip_manifest = json.loads((tmp_path / "toy_clip" / "manifest.json").read_text())
+    sae_manifest = json.loads((tmp_path / "toy_sae" / "manifest.json").read_text())
+    assert clip_manifest["command"].startswith("python -m engine.toyworld.build")
+    assert set(clip_manifest["metrics"]["zero_shot_accuracy"]) == {"shape", "colour", "texture", "size", "position", "marker"}
+    assert "explained_variance_heldout" in sae_manifest["metrics"]
+    bench = Workbench(
+        ModelSpec("open_clip", f"local-dir:{tmp_path / 'toy_clip'}", prompt_template="a {}"),
+        SAESpec(str(tmp_path / "toy_sae")),
+        torch.device("cpu"),
+    )
+    assert bench.latent_info is not None and len(bench.latent_info.labels) == bench.d_sae
+    assert len(list((tmp_path / "examples").glob("*.png"))) == len(build.EXAMPLES)

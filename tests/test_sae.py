@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+
+from engine.sae import SAE, SAEConfig, SAEFormatError
+
+
+def random_sae(architecture="topk", seed=0):
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture=architecture, hook_name="blocks.1.resid_post", k=4))
+    for p in sae.parameters():
+        p.data.normal_()
+    return sae.requires_grad_(False)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu"])
+def test_save_load_round_trip(tmp_path, architecture):
+    sae = random_sae(architecture)
+    sae.save(tmp_path / "sae")
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.1.resid_post"
+    loaded = SAE.load(tmp_path / "sae")
+    x = torch.randn(5, 16)
+    assert loaded.config == sae.config
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    assert torch.equal(loaded(x), sae(x))
+    assert loaded.W_enc.shape == (16, 64) and loaded.W_dec.shape == (64, 16)
+
+
+def test_topk_keeps_k_nonnegative_latents():
+    f = random_sae("topk").encode(torch.randn(100, 16))
+    assert ((f > 0).sum(-1) <= 4).all() and (f >= 0).all()
+
+
+def test_load_errors_say_what_was_found(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(SAEFormatError, match=r"expected cfg.json and sae_weights.safetensors; found \['notes.txt'\]"):
+        SAE.load(tmp_path)
+    with pytest.raises(SAEFormatError, match="unknown SAE architecture 'gated'; valid: topk, relu, jumprelu"):
+        SAEConfig(d_in=4, d_sae=8, architecture="gated", hook_name="x")
+
+
+def test_load_rejects_mismatched_shapes(tmp_path):
+    random_sae().save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["d_sae"] = 32
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SAEFormatError, match="expected tensors"):
+        SAE.load(tmp_path)
