@@ -66,7 +66,7 @@ def attribute_state(
         value = zeroshot.metric(logits_1L, target, metric).sum()
         (grad_1TD,) = torch.autograd.grad(value, x_1TD)
     scores_TS = state.f_TS * (grad_1TD[0] @ bench.sae.W_dec.T)
-    return logits_1L[0].detach(), target, float(value), scores_TS
+    return logits_1L[0].detach(), target, float(value.detach()), scores_TS
 
 
 def attribute(

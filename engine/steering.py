@@ -66,9 +66,17 @@ def token_mask(n_tokens: int, n_prefix_tokens: int, patches: tuple[int, ...] | N
 
 
 def edit_delta(
-    f_TS: torch.Tensor, W_dec_SD: torch.Tensor, edit: Edit, typical_S: torch.Tensor, n_prefix_tokens: int
+    f_TS: torch.Tensor,
+    W_dec_SD: torch.Tensor,
+    edit: Edit,
+    typical_S: torch.Tensor,
+    n_prefix_tokens: int,
+    directions_KD: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """What the edit adds to the site activation, (T, D). Exactly zero for an empty edit or all s = 1."""
+    """What the edit adds to the site activation, (T, D). Exactly zero for an empty edit or all s = 1.
+
+    ``directions_KD`` replaces the edited latents' decoder rows (the random baseline moves another
+    direction by the same coefficients)."""
     n_tokens, d_model = f_TS.shape[0], W_dec_SD.shape[1]
     if not edit.latents:
         return torch.zeros(n_tokens, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
@@ -79,7 +87,7 @@ def edit_delta(
         coeff_TK = f_TS[:, latents] * (strengths_K - 1)
     else:
         coeff_TK = (strengths_K * typical_S[latents]).expand(n_tokens, -1)
-    return (coeff_TK * mask_T1) @ W_dec_SD[latents]
+    return (coeff_TK * mask_T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD)
 
 
 def check_edit(bench: Workbench, edit: Edit) -> None:
@@ -151,10 +159,12 @@ def sweep(
     patches: tuple[int, ...] | None = None,
     template: str | None = None,
     baseline_seed: int = 0,
+    baseline: bool = True,
 ) -> dict:
     """Metrics of the prediction as one latent's strength varies, against a random norm-matched direction.
 
-    Both curves come from one batched suffix pass (2 x len(strengths) rows)."""
+    Both curves come from one batched suffix pass (2 x len(strengths) rows; len(strengths) without the
+    ``baseline``)."""
     bench.check_latent(latent)
     if not strengths:
         raise ValueError("give at least one strength")
@@ -165,16 +175,17 @@ def sweep(
         typical_S = typical_activation(bench)
         n_prefix = bench.backend.n_prefix_tokens
         W_dec_SD = bench.sae.W_dec
-        random_SD = W_dec_SD.clone()
-        random_SD[latent] = random_direction_like(W_dec_SD, latent, baseline_seed)
-        deltas_ND = [edit_delta(state.f_TS, W, e, typical_S, n_prefix) for W in (W_dec_SD, random_SD) for e in edits]
+        directions = [None]
+        if baseline:
+            directions.append(random_direction_like(W_dec_SD, latent, baseline_seed).unsqueeze(0))
+        deltas_ND = [edit_delta(state.f_TS, W_dec_SD, e, typical_S, n_prefix, d) for d in directions for e in edits]
         acts_NTD = state.acts_TD.unsqueeze(0) + torch.stack(deltas_ND)
         base_logits_L = bench.logits_from_acts(state.acts_TD.unsqueeze(0), text_emb_LE)[0]
         logits_NL = bench.logits_from_acts(acts_NTD, text_emb_LE)
     target = int(base_logits_L.argmax()) if target is None else target
     n = len(strengths)
     result = {"strengths": [float(s) for s in strengths], "target": labels[target], "latent": latent, "mode": mode}
-    for name, rows_NL in (("latent", logits_NL[:n]), ("random", logits_NL[n:])):
+    for name, rows_NL in zip(("latent", "random"), logits_NL.split(n), strict=False):
         result[name] = {
             "logit_difference": zeroshot.logit_difference(rows_NL, target).tolist(),
             "probability": rows_NL.softmax(-1)[:, target].tolist(),

@@ -49,11 +49,15 @@ def test_attribute_endpoint(client, image_file, bench):
 
 
 def test_steer_endpoint_moves_the_prediction_and_strength_one_does_not(client, image_file):
-    _, latents, *_ = client.predict(handle_file(image_file), LABELS, "a {}", "", "logit_difference", 3, api_name="/attribute")
+    _, latents, *_ = client.predict(
+        handle_file(image_file), LABELS, "a {}", "", "logit_difference", 3, api_name="/attribute"
+    )
     top = ", ".join(str(row[0]) for row in latents["data"])
     table, _, _ = client.predict(handle_file(image_file), LABELS, "a {}", top, "1", "scale", "", api_name="/steer")
     assert all(row[1] == row[2] for row in table["data"])
-    table, _, summary = client.predict(handle_file(image_file), LABELS, "a {}", top, "0", "scale", "", api_name="/steer")
+    table, _, summary = client.predict(
+        handle_file(image_file), LABELS, "a {}", top, "0", "scale", "", api_name="/steer"
+    )
     assert any(row[1] != row[2] for row in table["data"]) and "Before" in summary
 
 

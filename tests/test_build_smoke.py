@@ -14,7 +14,14 @@ def test_tiny_build_produces_loadable_assets(tmp_path):
     clip_manifest = json.loads((tmp_path / "toy_clip" / "manifest.json").read_text())
     sae_manifest = json.loads((tmp_path / "toy_sae" / "manifest.json").read_text())
     assert clip_manifest["command"].startswith("python -m engine.toyworld.build")
-    assert set(clip_manifest["metrics"]["zero_shot_accuracy"]) == {"shape", "colour", "texture", "size", "position", "marker"}
+    assert set(clip_manifest["metrics"]["zero_shot_accuracy"]) == {
+        "shape",
+        "colour",
+        "texture",
+        "size",
+        "position",
+        "marker",
+    }
     assert "explained_variance_heldout" in sae_manifest["metrics"]
     bench = Workbench(
         ModelSpec("open_clip", f"local-dir:{tmp_path / 'toy_clip'}", prompt_template="a {}"),

@@ -37,12 +37,12 @@ def test_strength_one_and_empty_edit_are_exact_no_ops(bench, image):
     text = bench.text_embeddings(SHAPES)
     (state,) = bench.site_states([image])
     latents = tuple(state.f_TS.sum(0).topk(5).indices.tolist())
-    logits = steering.steered_logits(
-        bench, [state], [steering.Edit((), ()), steering.Edit(latents, (1.0,) * 5)], text
-    )
+    logits = steering.steered_logits(bench, [state], [steering.Edit((), ()), steering.Edit(latents, (1.0,) * 5)], text)
     assert torch.equal(logits[1, 0], logits[0, 0])  # same pass: bit for bit
     torch.testing.assert_close(logits[0, 0], bench.predict([image], SHAPES)[0])  # other batch size: kernels differ
-    delta = steering.edit_delta(state.f_TS, bench.sae.W_dec, steering.Edit(latents, (1.0,) * 5), torch.ones(bench.d_sae), 1)
+    delta = steering.edit_delta(
+        state.f_TS, bench.sae.W_dec, steering.Edit(latents, (1.0,) * 5), torch.ones(bench.d_sae), 1
+    )
     assert torch.count_nonzero(delta) == 0
     assert torch.equal(state.acts_TD + delta, state.acts_TD)
 

@@ -28,7 +28,6 @@ MAX_UPLOAD_BYTES = 25 * 2**20
 MAX_PIXELS = 40_000_000  # a 40-megapixel image is the largest we decode
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError beyond 2x this
 
-
 @dataclass
 class AppContext:
     """What every tab needs: the resident workbench and where the example images are."""
@@ -36,7 +35,6 @@ class AppContext:
     bench: Workbench
     examples: list[str]
     heldout: Callable[[list[str]], tuple[list[Image.Image], list[int | None] | None]] | None = None
-
 
 def user_errors(fn: Callable) -> Callable:
     """Run a handler; a bad input becomes a clear ``gr.Error``, anything else is logged and reported briefly."""
@@ -54,7 +52,6 @@ def user_errors(fn: Callable) -> Callable:
             raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
 
     return wrapped
-
 
 def load_image(value) -> Image.Image:
     """A PIL image from what Gradio or a client sends (a path or a PIL image), with a clear message for
@@ -80,10 +77,8 @@ def load_image(value) -> Image.Image:
             raise ValueError(f"{path.name} is a broken or truncated image: {error}") from None
     return image.convert("RGB")
 
-
 def parse_labels(text) -> list[str]:
     return zeroshot.parse_labels(text or "")
-
 
 def parse_int_list(text: str | None, what: str) -> list[int]:
     if text is None or not str(text).strip():
@@ -99,7 +94,6 @@ def parse_int_list(text: str | None, what: str) -> list[int]:
             raise ValueError(f"{what} must be whole numbers separated by commas; got {item!r}") from None
     return out
 
-
 def parse_number(value, what: str) -> float:
     try:
         number = float(value)
@@ -109,12 +103,10 @@ def parse_number(value, what: str) -> float:
         raise ValueError(f"{what} must be a finite number; got {value!r}")
     return number
 
-
 def parse_float_list(text, what: str) -> list[float]:
     if isinstance(text, (int, float)):
         return [parse_number(text, what)]
     return [parse_number(item.strip(), what) for item in str(text or "").replace(";", ",").split(",") if item.strip()]
-
 
 def parse_latent(value, bench: Workbench) -> int:
     if value is None or str(value).strip() == "":
@@ -126,7 +118,6 @@ def parse_latent(value, bench: Workbench) -> int:
     if not math.isfinite(number) or number != int(number):
         raise ValueError(f"latent id must be a whole number 0 .. {bench.d_sae - 1}; got {value!r}")
     return bench.check_latent(int(number))
-
 
 def overlay(image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: bool = False) -> Image.Image:
     """The image with a per-patch map laid over it (red: high; blue: negative when ``signed``)."""
@@ -143,7 +134,6 @@ def overlay(image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: b
     blended = base * (1 - alpha) + colour * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
-
 def save_png(image: Image.Image, prefix: str) -> str:
     """Write an output image to a temporary file (Gradio serves it; clients download it)."""
     handle = tempfile.NamedTemporaryFile(prefix=prefix, suffix=".png", delete=False)
@@ -151,7 +141,6 @@ def save_png(image: Image.Image, prefix: str) -> str:
     handle.close()
     return handle.name
 
-from gradio.events import Dependency
 
 class ImageInput(gr.Image):
     """``gr.Image`` whose decoding failures (a text file, a truncated PNG, a decompression bomb) reach the user
@@ -165,8 +154,11 @@ class ImageInput(gr.Image):
         except Exception as error:
             name = Path(getattr(payload, "path", "") or "the file").name
             raise gr.Error(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...): {error}") from None
-    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from collections.abc import Callable, Sequence
+    from typing import TYPE_CHECKING, Any, Literal
+
     from gradio.blocks import Block
+
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component

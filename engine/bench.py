@@ -1,0 +1,281 @@
+"""Speed and memory of the engine's fast paths, against the naive way and against nnsight.
+
+    python -m engine.bench            # a readable report
+    python -m engine.bench --json     # one JSON object on stdout
+
+Every ratio is the median over repeated runs in one process with the two sides interleaved (A, B, A, B, ...),
+so the machine's noise cancels. The main model is open_clip ViT-B/32 with random weights (the real
+architecture; no download) steered at ``blocks.10.resid_post`` with a random TopK SAE of 24,576 latents
+(k = 32); the toy model is measured too. Each timed request uses a fresh image, so the engine pays for its
+prefix like a user's first request does, unless the figure is about the cache.
+
+* ``sweep_speedup_vs_naive``: a 16-strength sweep of one latent, ours against 16 full forwards each with a
+  steering hook (the way without prefix caching or batching);
+* ``sweep_speedup_vs_nnsight``: the same against the loop a user writes with nnsight (one trace per strength);
+* ``sweep_vs_ideal``: ours against the bare minimum written without engine code (one prefix forward, one
+  SAE encode, one batched suffix pass);
+* ``attribution_vs_forward``: a full attribution of every latent against one forward with the SAE encode;
+* ``cached_vs_first``: a second sweep on the same image against the first;
+* ``cold_start_s``: process start to the app answering an ``attribute`` request on the toy default;
+* ``rss_mb_after_200_images``: resident memory after 200 distinct images through attribute and sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine import attribution, steering
+from engine.hooks import attached
+from engine.resident import Workbench
+from engine.sae import SAE, SAEConfig
+from engine.specs import ModelSpec, SAESpec
+
+log = logging.getLogger(__name__)
+STRENGTHS = np.linspace(-1, 3, 16).tolist()
+LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
+
+
+def random_sae(d_in: int, d_sae: int, k: int, site: str, seed: int = 0) -> SAE:
+    generator = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig(d_in, d_sae, "topk", site, k=k, model_name="random"))
+    with torch.no_grad():
+        W_dec = torch.randn(d_sae, d_in, generator=generator)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae
+
+
+def vit_b32_workbench(directory: Path, device: torch.device) -> Workbench:
+    site = "blocks.10.resid_post"
+    random_sae(768, 24_576, 32, site).save(directory)
+    return Workbench(ModelSpec("open_clip", "ViT-B-32"), SAESpec(str(directory)), device)
+
+
+class Images:
+    """A stream of distinct random images (so that no request hits the prefix cache by accident)."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.rng, self.size = np.random.default_rng(seed), size
+
+    def __call__(self) -> Image.Image:
+        return Image.fromarray(self.rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8))
+
+
+def interleaved_ratio(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """Median of time(b) / time(a) over interleaved runs, with the median times (a, b) in seconds."""
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    ratios = [y / x for x, y in zip(ta, tb, strict=True)]
+    return statistics.median(ratios), statistics.median(ta), statistics.median(tb)
+
+
+def sweep_ours(bench: Workbench, images: Images, latent: int):
+    return lambda: steering.sweep(bench, images(), LABELS, latent, STRENGTHS, baseline=False)
+
+
+def sweep_naive(bench: Workbench, images: Images, latent: int):
+    """16 full forwards, each with a hook that encodes the site with the SAE and adds the edit."""
+    text_emb_LE = bench.text_embeddings(LABELS)
+    W_dec_D = bench.sae.W_dec[latent]
+
+    def run():
+        pixels = bench.backend.pixels([images()])
+        out = []
+        for s in STRENGTHS:
+
+            def hook(module, inputs, output, s=s):
+                f_BT = bench.sae.encode(output)[..., latent]
+                return output + (s - 1) * f_BT.unsqueeze(-1) * W_dec_D
+
+            with torch.no_grad(), attached([(bench.backend.site_module(bench.site), hook)]):
+                out.append(bench.backend.encode_image(pixels) @ text_emb_LE.T)
+        return out
+
+    return run
+
+
+def sweep_nnsight(bench: Workbench, images: Images, latent: int):
+    """What a user writes with nnsight: one trace per strength, the edit set on the block's output."""
+    from nnsight import NNsight
+
+    visual = NNsight(bench.backend.visual)
+    block = visual.transformer.resblocks[bench.backend.block_index(bench.site)]
+    sae, text_emb_LE = bench.sae, bench.text_embeddings(LABELS)
+
+    def run():
+        pixels = bench.backend.pixels([images()])
+        out = []
+        for s in STRENGTHS:
+            with torch.no_grad(), visual.trace(pixels):
+                acts = block.output
+                f = sae.encode(acts)[..., latent]
+                block.output = acts + (s - 1) * f.unsqueeze(-1) * sae.W_dec[latent]
+                emb = visual.output.save()
+            out.append(emb @ text_emb_LE.T)
+        return out
+
+    return run
+
+
+def sweep_ideal(bench: Workbench, images: Images, latent: int):
+    """The bare minimum: one prefix forward, one SAE encode, one batched suffix pass."""
+    text_emb_LE = bench.text_embeddings(LABELS)
+    strengths_N = torch.tensor(STRENGTHS).view(-1, 1, 1)
+    backend, sae = bench.backend, bench.sae
+
+    def run():
+        with torch.no_grad():
+            acts_1TD = backend.prefix(backend.pixels([images()]), bench.site)
+            f_T = sae.encode(acts_1TD)[0, :, latent]
+            acts_NTD = acts_1TD + (strengths_N - 1) * f_T.view(1, -1, 1) * sae.W_dec[latent]
+            return backend.suffix(acts_NTD, bench.site) @ text_emb_LE.T
+
+    return run
+
+
+def forward_with_sae(bench: Workbench, images: Images):
+    text_emb_LE = bench.text_embeddings(LABELS)
+
+    def run():
+        with torch.no_grad():
+            acts = bench.backend.prefix(bench.backend.pixels([images()]), bench.site)
+            bench.sae.encode(acts)
+            return bench.backend.suffix(acts, bench.site) @ text_emb_LE.T
+
+    return run
+
+
+def same_image_sweeps(bench: Workbench, images: Images, latent: int):
+    """(first, second) request on one image, for the cache ratio; each pair uses a new image."""
+    pending: list[Image.Image] = []
+
+    def first():
+        pending.append(images())
+        steering.sweep(bench, pending[-1], LABELS, latent, STRENGTHS)
+
+    def second():
+        steering.sweep(bench, pending[-1], LABELS, latent, STRENGTHS)
+
+    return first, second
+
+
+def cold_start_seconds() -> float:
+    """Start ``python app.py`` and time until it answers an ``attribute`` request."""
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    example = sorted((root / "assets" / "examples").glob("*.png"))[0]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)], cwd=root, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while time.perf_counter() - start < 120:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                client.predict(handle_file(str(example)), "circle, square", "a {}", "", "logit_difference", 3,
+                               api_name="/attribute")  # fmt: skip
+                return time.perf_counter() - start
+            except Exception:
+                time.sleep(0.2)
+        raise TimeoutError("the app did not answer within 120 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def memory_after_images(bench: Workbench, images: Images, latent: int, n: int) -> list[float]:
+    """RSS after each quarter of ``n`` distinct images through attribute and sweep."""
+    marks = []
+    for i in range(n):
+        image = images()
+        attribution.attribute(bench, image, LABELS)
+        steering.sweep(bench, image, LABELS, latent, STRENGTHS)
+        if (i + 1) % (n // 4) == 0:
+            marks.append(round(rss_mb()))
+    return marks
+
+
+def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True) -> dict:
+    torch.set_grad_enabled(True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = vit_b32_workbench(Path(tmp), device)
+        images, latent = Images(224), 7
+        ratio, t_ours, t_naive = interleaved_ratio(
+            sweep_ours(bench, images, latent), sweep_naive(bench, images, latent), repeats
+        )
+        result["sweep_speedup_vs_naive"] = round(ratio, 2)
+        result["sweep_seconds_ours"], result["sweep_seconds_naive"] = round(t_ours, 4), round(t_naive, 4)
+        ratio, _, t_nnsight = interleaved_ratio(
+            sweep_ours(bench, images, latent), sweep_nnsight(bench, images, latent), repeats
+        )
+        result["sweep_speedup_vs_nnsight"] = round(ratio, 2)
+        result["sweep_seconds_nnsight"] = round(t_nnsight, 4)
+        ratio, _, _ = interleaved_ratio(sweep_ideal(bench, images, latent), sweep_ours(bench, images, latent), repeats)
+        result["sweep_vs_ideal"] = round(ratio, 3)
+        attribute = lambda: attribution.attribute(bench, images(), LABELS)  # noqa: E731
+        ratio, _, t_attr = interleaved_ratio(forward_with_sae(bench, images), attribute, repeats)
+        result["attribution_vs_forward"] = round(ratio, 3)
+        result["attribution_seconds"] = round(t_attr, 4)
+        first, second = same_image_sweeps(bench, images, latent)
+        ratio, _, _ = interleaved_ratio(first, second, repeats)
+        result["cached_vs_first"] = round(ratio, 3)
+        marks = memory_after_images(bench, images, latent, n_memory_images)
+        result["rss_mb_after_200_images"] = marks[-1]
+        result["rss_mb_by_quarter"] = marks
+        result["cache_mb_budget"] = bench.cache_bytes // 2**20
+    if with_cold_start:
+        result["cold_start_s"] = round(cold_start_seconds(), 2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--images", type=int, default=200, help="distinct images for the memory figure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    result = run(args.repeats, args.images)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:32s} {json.dumps(value)}")
+
+
+if __name__ == "__main__":
+    main()
