@@ -107,3 +107,15 @@ def test_ripple_reports_accuracy_per_label(bench, scene_images):
     assert sum(r["predicted_before"] for r in rows) == len(images)
     for row in rows:  # strength 1: nothing moves
         assert row["predicted_before"] == row["predicted_after"]
+
+
+def test_concurrent_requests_equal_sequential_ones(bench, scene_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images, _ = scene_images
+    edits = [steering.Edit((i,), (0.0,)) for i in range(4)]
+    jobs = [(images[i % len(images)], edit) for i, edit in enumerate(edits * 2)]
+    sequential = [steering.steer(bench, im, SHAPES, e)["after"] for im, e in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda job: steering.steer(bench, job[0], SHAPES, job[1])["after"], jobs))
+    assert parallel == sequential

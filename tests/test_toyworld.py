@@ -51,3 +51,27 @@ def test_truth_for_labels_maps_single_factor_label_lists():
     assert captions.truth_for_labels(["blue shape", "red shape"], scenes) == [1]
     assert captions.truth_for_labels(["circle", "red shape"], scenes) is None
     assert captions.truth_for_labels(["a dog", "a cat"], scenes) is None
+
+
+def test_auroc_matrix_equals_the_pairwise_definition_with_ties():
+    from engine.toyworld.train_sae import auroc_matrix
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(40, 3)).astype(float)  # many ties
+    positive = rng.random((40, 2)) < 0.4
+    fast = auroc_matrix(scores, positive)
+    for s in range(3):
+        for c in range(2):
+            pos, neg = scores[positive[:, c], s], scores[~positive[:, c], s]
+            pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+            assert fast[s, c] == pytest.approx(pairs)
+
+
+def test_vectorised_consistency_matrix_equals_the_definition():
+    from engine.toyworld.train_clip import consistency_matrix
+
+    rng = np.random.default_rng(1)
+    scenes = [render.Scene.random(rng) for _ in range(12)]
+    mentions = [captions.random_mention(s, rng) for s in scenes] + [captions.one_factor_changed(s, rng) for s in scenes]
+    expected = [[float(captions.consistent(m, s)) for m in mentions] for s in scenes]
+    assert consistency_matrix(scenes, mentions).tolist() == expected

@@ -141,7 +141,6 @@ def save_png(image: Image.Image, prefix: str) -> str:
     handle.close()
     return handle.name
 
-
 class ImageInput(gr.Image):
     """``gr.Image`` whose decoding failures (a text file, a truncated PNG, a decompression bomb) reach the user
     as a clear message instead of Gradio's generic processing error."""

@@ -53,7 +53,10 @@ def write_examples(out: Path) -> None:
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
 
-def build(out: Path, tiny: bool = False) -> dict:
+STAGES = ("clip", "sae", "examples")
+
+
+def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     clip_config, sae_config = train_clip.ToyClipConfig(), train_sae.ToySAEConfig()
@@ -62,28 +65,39 @@ def build(out: Path, tiny: bool = False) -> dict:
         sae_config = replace(sae_config, train_images=32, steps=3, batch_tokens=64, label_images=48)
     command = " ".join(["python -m engine.toyworld.build", *sys.argv[1:]])
     start = time.time()
-    train_clip.train(clip_config, out / "toy_clip")
-    backend = OpenClipBackend(ModelSpec("open_clip", f"local-dir:{out / 'toy_clip'}"), torch.device("cpu"))
-    train_sae.train(backend, sae_config, out / "toy_sae")
-    for name in ("toy_clip", "toy_sae"):
-        manifest_path = out / name / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["command"] = command
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-    write_examples(out / "examples")
+    if "clip" in stages:
+        train_clip.train(clip_config, out / "toy_clip")
+        stamp(out / "toy_clip", command)
+    if "sae" in stages:
+        backend = OpenClipBackend(ModelSpec("open_clip", f"local-dir:{out / 'toy_clip'}"), torch.device("cpu"))
+        train_sae.train(backend, sae_config, out / "toy_sae")
+        stamp(out / "toy_sae", command)
+    if "examples" in stages:
+        write_examples(out / "examples")
     summary = {"seconds": round(time.time() - start), "out": str(out)}
     log.info("built toy assets %s", summary)
     return summary
+
+
+def stamp(directory: Path, command: str) -> None:
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["command"] = command
+    manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ASSETS, help="where to write (default: assets/)")
     parser.add_argument("--tiny", action="store_true", help="a few steps on a tiny config (a smoke test)")
+    parser.add_argument(
+        "--only", nargs="+", choices=STAGES, default=list(STAGES),
+        help="build only these stages (the SAE stage reads the toy_clip already in --out)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    build(args.out, tiny=args.tiny)
+    build(args.out, tiny=args.tiny, stages=tuple(args.only))
 
 
 if __name__ == "__main__":

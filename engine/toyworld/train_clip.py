@@ -105,6 +105,15 @@ def multi_positive_loss(logits_IT: torch.Tensor, positive_IT: torch.Tensor) -> t
     return (loss_i + loss_t) / 2
 
 
+def consistency_matrix(scenes: list[Scene], mentions: list[dict[str, str]]) -> torch.Tensor:
+    """(I, T) 1.0 where caption t is true of scene i (every factor it mentions matches), vectorised."""
+    factors = list(FACTORS)
+    codes_IF = torch.tensor([[FACTORS[f].index(getattr(s, f)) for f in factors] for s in scenes])
+    mentioned_TF = torch.tensor([[FACTORS[f].index(m[f]) if f in m else -1 for f in factors] for m in mentions])
+    match_ITF = (mentioned_TF.unsqueeze(0) == codes_IF.unsqueeze(1)) | (mentioned_TF.unsqueeze(0) < 0)
+    return match_ITF.all(-1).float()
+
+
 @torch.no_grad()
 def zero_shot_accuracy(model, tokens: _CaptionTokens, n: int = 600, seed: int = 10_001) -> dict[str, float]:
     """Per factor: classify among the factor's values with the other words of the caption fixed to the truth."""
@@ -142,7 +151,7 @@ def train(config: ToyClipConfig, out_dir: Path | None = None) -> tuple[torch.nn.
         scenes: list[Scene] = [pool[i][0] for i in idx]
         mentions = [captions.random_mention(s, rng) for s in scenes]
         mentions += [captions.one_factor_changed(s, rng) for s in scenes]
-        positive_IT = torch.tensor([[captions.consistent(m, s) for m in mentions] for s in scenes], dtype=torch.float)
+        positive_IT = consistency_matrix(scenes, mentions)
         img_IE = F.normalize(model.encode_image(pixels_from_uint8(pool_images[idx])), dim=-1)
         txt_TE = F.normalize(model.encode_text(tokens([captions.caption(m) for m in mentions])), dim=-1)
         logits_IT = model.logit_scale.exp().clamp(max=100) * img_IE @ txt_TE.T
