@@ -16,7 +16,13 @@ METRIC_CHOICES = [
 
 def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
     probs = logits_L.softmax(-1).tolist()
-    return pd.DataFrame({"label": labels, "probability": [round(p, 4) for p in probs], "logit": logits_L.tolist()})
+    return pd.DataFrame(
+        {
+            "label": labels,
+            "probability": [round(p, 4) for p in probs],
+            "logit": [round(v, 4) for v in logits_L.tolist()],
+        }
+    )
 
 
 def run_attribution(ctx: AppContext, image, labels_text, template, target, metric, top_k):
@@ -61,7 +67,7 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
         f"**{result.metric.replace('_', ' ')}:** {result.metric_value:.3f} · "
         f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** {faith['spearman']:.2f}"
     )
-    selected = latents[0] if latents else None
+    selected = str(latents[0]) if latents else ""
     return predictions_frame(labels, result.logits_L), table, gallery, faith_table, summary, selected
 
 
@@ -88,7 +94,7 @@ def latent_heatmap(ctx: AppContext, image, latent) -> tuple[str, str]:
 
 
 def build(
-    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Number
+    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Textbox
 ) -> None:
     with gr.Row():
         target = gr.Textbox(label="Target label (blank: the predicted one)", scale=2)
@@ -105,7 +111,7 @@ def build(
     gallery = gr.Gallery(label="Where the top latents fire (activation per patch)", columns=6, height=220)
     with gr.Row():
         with gr.Column():
-            heat = gr.Image(label="Selected latent", type="filepath", height=260)
+            heat = gr.Image(label="Where the selected latent fires", type="filepath", height=260)
             heat_caption = gr.Markdown()
         faith = gr.Dataframe(label="Faithfulness: predicted vs actual drop of the metric when each latent is removed")
 
@@ -113,11 +119,13 @@ def build(
         return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
 
     def heatmap(image, latent):
+        if not str(latent or "").strip() or image is None:
+            return None, ""
         return latent_heatmap(ctx, image, latent)
 
     def pick(table, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        return int(table.iloc[row]["latent"])
+        return str(int(table.iloc[row]["latent"]))
 
     event = run.click(
         user_errors(attribute),

@@ -156,6 +156,9 @@ class ImageInput(gr.Image):
     """``gr.Image`` whose decoding failures (a text file, a truncated PNG, a decompression bomb) reach the user
     as a clear message instead of Gradio's generic processing error."""
 
+    def get_block_name(self) -> str:
+        return "image"  # rendered by gr.Image's own frontend (a subclass has no frontend of its own)
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)

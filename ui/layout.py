@@ -52,7 +52,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 template = gr.Textbox(
                     label="Prompt template ({} is replaced by each label)", value=spec.prompt_template
                 )
-                selected_latent = gr.Number(label="Selected latent", precision=0, interactive=True)
+                selected_latent = gr.Textbox(label="Selected latent id (from Attribution, or type one)", max_lines=1)
         with gr.Tabs():
             with gr.Tab("Attribution"):
                 attribution_tab.build(ctx, image, labels, template, selected_latent)

@@ -121,7 +121,7 @@ def run_ripple(ctx: AppContext, labels_text, template, latents_text, strengths_t
 
 
 def build(
-    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Number
+    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Textbox
 ) -> None:
     with gr.Row():
         latents = gr.Textbox(label="Latent ids (comma-separated)", placeholder="e.g. 12, 40", scale=2)
@@ -180,8 +180,13 @@ def build(
     ripple_button.click(
         user_errors(ripple), [labels, template, latents, strengths, mode, patches], ripple_table, api_name="ripple"
     )
+
+    def carry(value):
+        text = str(value or "").strip()
+        return (text, int(text)) if text.isdigit() else (gr.update(), gr.update())
+
     selected_latent.change(
-        lambda v: (gr.update() if v is None else str(int(v)), v),
+        carry,
         selected_latent,
         [latents, sweep_latent],
         api_name=False,
