@@ -65,8 +65,20 @@ def attribute_state(
         target = int(logits_1L.argmax()) if target is None else target
         value = zeroshot.metric(logits_1L, target, metric).sum()
         (grad_1TD,) = torch.autograd.grad(value, x_1TD)
-    scores_TS = state.f_TS * (grad_1TD[0] @ bench.sae.W_dec.T)
-    return logits_1L[0].detach(), target, float(value.detach()), scores_TS
+    return logits_1L[0].detach(), target, float(value.detach()), latent_scores(state.f_TS, grad_1TD[0], bench.sae.W_dec)
+
+
+def latent_scores(f_TS: torch.Tensor, grad_TD: torch.Tensor, W_dec_SD: torch.Tensor) -> torch.Tensor:
+    """f[t, i] * (W_dec[i] . grad[t]) for every token and latent, (T, S); computed only where f is non-zero
+    (k per token for a TopK SAE), which is exactly where it can be non-zero.
+
+    >>> f_TS = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    >>> latent_scores(f_TS, torch.ones(2, 3), torch.eye(2, 3)).tolist()
+    [[0.0, 2.0], [1.0, 0.0]]
+    """
+    token_K, latent_K = f_TS.nonzero(as_tuple=True)
+    values_K = f_TS[token_K, latent_K] * (grad_TD[token_K] * W_dec_SD[latent_K]).sum(-1)
+    return torch.zeros_like(f_TS).index_put_((token_K, latent_K), values_K)
 
 
 def attribute(

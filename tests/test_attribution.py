@@ -50,3 +50,10 @@ def test_label_lists_are_validated():
     with pytest.raises(ValueError, match="distinct"):
         zeroshot.parse_labels("cat, cat")
     assert zeroshot.parse_labels("cat,\n dog") == ["cat", "dog"]
+
+
+def test_sparse_latent_scores_equal_the_dense_formula(bench, image):
+    (state,) = bench.site_states([image])
+    grad_TD = torch.randn_like(state.acts_TD)
+    dense = state.f_TS * (grad_TD @ bench.sae.W_dec.T)
+    torch.testing.assert_close(attribution.latent_scores(state.f_TS, grad_TD, bench.sae.W_dec), dense)
