@@ -163,6 +163,11 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
             "hit_at_1_by_factor": {
                 f: round(float(np.mean([p["hit1"] for p in scored if p["factor"] == f])), 4) for f in FACTORS
             },
+            "side_effect_by_factor": {
+                f: round(float(np.mean([p["side_effect"] for p in flipped if p["factor"] == f])), 4)
+                for f in FACTORS
+                if any(p["factor"] == f for p in flipped)
+            },
             "deletion_to_flip_by_factor": {
                 f: statistics.median(p["deletion"]["attribution"] for p in pairs if p["factor"] == f) for f in FACTORS
             },

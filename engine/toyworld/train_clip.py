@@ -6,15 +6,16 @@ its ground truth is known:
 * **multi-positive targets**: captions are partial ("a red shape"), so several captions in a batch can be
   true of one image. The image->text and text->image cross-entropies use as target the uniform distribution
   over every consistent pair, instead of the diagonal (no false negatives);
-* **hard negatives**: each image also brings, for every factor, a full caption of itself with that factor
-  changed, so that the model must get every factor right. Without them contrastive learning suppresses the
-  harder features once the easier ones tell batch items apart;
-* **a symmetry breaker for position**: position is a saddle for contrastive learning here. At
-  initialisation the class token averages the patches almost uniformly, so the image embedding carries
-  no position, so the text tower's position words get no gradient, and vice versa (two runs without this
-  ended with every factor learnt but position, at chance). A small auxiliary cross-entropy from the image
-  embedding to each factor's value (linear heads, weight ``aux_weight``, discarded after training) gives the
-  image side the signal; the text side then learns position contrastively like every other factor.
+* **hard negatives**: each image also brings a full caption of itself with one factor changed, so that the
+  model must get every factor right, not just the easiest one that tells batch items apart.
+
+Known limitation of the shipped model: it learns shape, colour, texture, size and marker (zero-shot accuracy
+1.0 on held-out scenes) but not **position**, which stays at chance. Position is a saddle for contrastive
+learning here: at initialisation the class token averages the patches almost uniformly, so the image
+embedding carries no position, so the text tower's position words get no gradient, and vice versa. Two
+other runs (a hard negative for every factor of every image, then also a small auxiliary position
+classifier on the image embedding) did not escape it within the CPU budget either; the evaluation reports
+position as it is.
 
 The model is built from an open_clip config and saved as an open_clip ``local-dir`` (``open_clip_config.json``
 + ``open_clip_model.safetensors``), so the app loads it through the same code path as any real open_clip model.
@@ -53,9 +54,8 @@ class ToyClipConfig:
     context_length: int = 24
     train_images: int = 40_000
     steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float = 2e-3
-    aux_weight: float = 0.2
     seed: int = 0
 
     def open_clip_config(self) -> dict:
@@ -151,34 +151,25 @@ def train(config: ToyClipConfig, out_dir: Path | None = None) -> tuple[torch.nn.
     pool_images = render_batch(pool)
     log.info("rendered %d training images in %.0fs", len(pool), time.time() - start)
 
-    heads = torch.nn.ModuleDict({f: torch.nn.Linear(config.embed_dim, len(v)) for f, v in FACTORS.items()})
-    params = [*model.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.1)
     model.train()
     for step in range(config.steps):
         idx = rng.choice(len(pool), config.batch_size, replace=False)
         scenes: list[Scene] = [pool[i][0] for i in idx]
         mentions = [captions.random_mention(s, rng) for s in scenes]
-        mentions += [captions.one_factor_changed(s, rng, factor) for s in scenes for factor in FACTORS]
+        mentions += [captions.one_factor_changed(s, rng) for s in scenes]
         positive_IT = consistency_matrix(scenes, mentions)
         img_IE = F.normalize(model.encode_image(pixels_from_uint8(pool_images[idx])), dim=-1)
         txt_TE = F.normalize(model.encode_text(tokens([captions.caption(m) for m in mentions])), dim=-1)
         logits_IT = model.logit_scale.exp().clamp(max=100) * img_IE @ txt_TE.T
         loss = multi_positive_loss(logits_IT, positive_IT)
-        if config.aux_weight > 0:
-            for factor, values in FACTORS.items():
-                truth_I = torch.tensor([values.index(getattr(s, factor)) for s in scenes])
-                loss = loss + config.aux_weight * F.cross_entropy(heads[factor](img_IE), truth_I) / len(FACTORS)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == config.steps - 1:
             log.info("clip step %d/%d loss %.4f (%.0fs)", step, config.steps, loss.item(), time.time() - start)
-        if step % 500 == 0 and step > 0:
-            log.info("zero-shot accuracy %s", zero_shot_accuracy(model, tokens, n=200))
-            model.train()
 
     model.eval()
     metrics = {"zero_shot_accuracy": zero_shot_accuracy(model, tokens), "train_seconds": round(time.time() - start)}
