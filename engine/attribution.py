@@ -38,8 +38,14 @@ class Attribution:
     state: SiteState
 
     def top(self, k: int) -> list[int]:
-        """Latents with the largest attribution (most support for the target)."""
-        return self.scores_S.topk(min(k, self.scores_S.numel())).indices.tolist()
+        """Active latents (non-zero somewhere on the image) with the largest attribution."""
+        return ranked_active(self.scores_S, self.state.f_TS)[:k]
+
+
+def ranked_active(scores_S: torch.Tensor, f_TS: torch.Tensor) -> list[int]:
+    """Latents that fire on the image, by decreasing attribution (inactive latents score 0 by definition)."""
+    order = scores_S.argsort(descending=True)
+    return order[(f_TS > 0).any(0)[order]].tolist()
 
 
 def resolve_target(labels: list[str], logits_L: torch.Tensor, target: str | int | None) -> int:

@@ -77,7 +77,7 @@ def evaluate_pair(bench, state: SiteState, scene: Scene, factor: str, labels_S: 
     truth = getattr(scene, factor)
     out = {"factor": factor, "correct": values[target] == truth}
 
-    ranked = scores_S.argsort(descending=True).tolist()
+    ranked = attribution.ranked_active(scores_S, state.f_TS)
     if (factor, truth) != ("marker", "absent"):
         wanted = train_sae.concept_name(factor, truth)
         out["hit1"] = labels_S[ranked[0]] == wanted

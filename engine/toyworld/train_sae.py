@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ToySAEConfig:
-    site: str = "blocks.2.resid_post"
+    site: str = "blocks.3.resid_post"
     expansion: int = 8
     k: int = 16
     train_images: int = 12_000
