@@ -39,15 +39,28 @@ def default_device() -> torch.device:
 
 @dataclass(frozen=True)
 class SiteState:
-    """Everything about one image at the site; tensors (T, ...) for a single image."""
+    """Everything about one image at the site, for a single image. The SAE code is kept sparse (a TopK
+    SAE has k of d_sae latents on per token: 32 of 24,576 for ViT-B/32), so a cached image costs kilobytes
+    for its code, not megabytes."""
 
     acts_TD: torch.Tensor
-    f_TS: torch.Tensor
+    f_sparse_TS: torch.Tensor  # sparse COO
     error_TD: torch.Tensor
+
+    @classmethod
+    def build(cls, acts_TD: torch.Tensor, f_TS: torch.Tensor, error_TD: torch.Tensor) -> SiteState:
+        return cls(acts_TD.clone(), f_TS.to_sparse().coalesce(), error_TD.clone())
+
+    @property
+    def f_TS(self) -> torch.Tensor:
+        """The dense SAE code (T, S), made on demand."""
+        return self.f_sparse_TS.to_dense()
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.acts_TD, self.f_TS, self.error_TD))
+        f = self.f_sparse_TS
+        sparse_bytes = f.values().numel() * f.values().element_size() + f.indices().numel() * 8
+        return sparse_bytes + sum(t.numel() * t.element_size() for t in (self.acts_TD, self.error_TD))
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,7 @@ class Workbench:
                 f_BTS = self.sae.encode(acts_BTD)
                 error_BTD = acts_BTD - self.sae.decode(f_BTS)
                 for j, i in enumerate(missing):
-                    self._states[keys[i]] = SiteState(acts_BTD[j].clone(), f_BTS[j].clone(), error_BTD[j].clone())
+                    self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
             for k in keys:
                 self._states.move_to_end(k)
             states = [self._states[k] for k in keys]

@@ -35,7 +35,8 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
         bench, picture, labels, target or None, metric or "logit_difference", template or None
     )
     latents = result.top(top_k)
-    activation_S = result.state.f_TS.sum(0)
+    f_TS = result.state.f_TS
+    activation_S = f_TS.sum(0)
     info = bench.latent_info
     table = pd.DataFrame(
         {
@@ -49,7 +50,7 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
     grid = bench.backend.grid
     gallery = [
         (
-            save_png(overlay(picture, attribution.patch_map(result.state.f_TS[:, i], grid)), f"latent{i}_"),
+            save_png(overlay(picture, attribution.patch_map(f_TS[:, i], grid)), f"latent{i}_"),
             f"#{i} {bench.latent_label(i)}",
         )
         for i in latents[:6]
@@ -87,8 +88,9 @@ def latent_heatmap(ctx: AppContext, image, latent) -> tuple[str, str]:
     picture = load_image(image)
     latent = parse_latent(latent, bench)
     (state,) = bench.site_states([picture])
-    map_HW = attribution.patch_map(state.f_TS[:, latent], bench.backend.grid)
-    cls = float(state.f_TS[0, latent])
+    f_T = state.f_TS[:, latent]
+    map_HW = attribution.patch_map(f_T, bench.backend.grid)
+    cls = float(f_T[0])
     caption = f"latent {latent} ({bench.latent_label(latent) or 'no label'}): max over patches {float(map_HW.max()):.3f}, class token {cls:.3f}"
     return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
 
