@@ -124,7 +124,7 @@ def side_effect(bench: Workbench, state: SiteState, scene: Scene, factor: str, r
 
 def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, n_zero_shot: int = 1000) -> dict:
     start = time.time()
-    tokens = train_clip._CaptionTokens(bench.backend.model.context_length)
+    tokens = train_clip.CaptionTokens(bench.backend.model.context_length)
     accuracy = train_clip.zero_shot_accuracy(bench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
     labels_S, concept_auroc, explained = latent_labels(bench, n_label_images)
     log.info("labelled latents in %.0fs", time.time() - start)

@@ -12,6 +12,7 @@ resident copy per (model, SAE, device).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
@@ -31,6 +32,22 @@ from engine.specs import ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
 LATENT_INFO_FILE = "latent_info.json"  # beside an SAE: per-latent label, AUROC, typical activation
+
+
+def pin_malloc_mmap_threshold(threshold_bytes: int = 1 << 20) -> None:
+    """Keep glibc from growing the process with every request.
+
+    Each request allocates and frees a few megabyte-sized tensors (a dense SAE code, suffix activations)
+    while the cache keeps small ones. glibc raises its mmap threshold every time a mapped block is freed,
+    so later large blocks land on the heap between the long-lived small ones, and freed memory can no longer
+    be returned: resident memory grew by ~5 MB per image on ViT-B/32. A fixed threshold keeps large blocks in
+    their own mappings, returned to the OS on free (measured: bounded by the cache budget). No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, threshold_bytes)  # M_MMAP_THRESHOLD
 
 
 def default_device() -> torch.device:
@@ -83,6 +100,7 @@ class Workbench:
         self, model_spec: ModelSpec, sae_spec: SAESpec, device: torch.device | None = None, cache_mb: int = 512
     ):
         self.device = device or default_device()
+        pin_malloc_mmap_threshold()
         self.model_spec = model_spec
         self.backend = OpenClipBackend(model_spec, self.device)
         self.sae = SAE.load(sae_spec.path).to(self.device)

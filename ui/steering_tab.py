@@ -164,13 +164,12 @@ def build(
         progress(0.1, desc="applying the edit to the held-out batch")
         return run_ripple(ctx, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
 
-    steer_event = steer_button.click(
+    steer_button.click(
         user_errors(steer),
         [image, labels, template, latents, strengths, mode, patches],
         [steer_table, steer_plot, steer_summary],
         api_name="steer",
     )
-    del steer_event
     sweep_button.click(
         user_errors(sweep),
         [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric],

@@ -60,10 +60,9 @@ def random_mention(scene: Scene, rng: np.random.Generator, p_full: float = 0.3) 
     return {f: v for f, v, k in zip(truth, truth.values(), keep) if k}
 
 
-def one_factor_changed(scene: Scene, rng: np.random.Generator, factor: str | None = None) -> dict[str, str]:
-    """A full caption of ``scene`` with one factor (``factor``, or a random one) set to another value: a hard
-    negative."""
-    factor = factor or str(rng.choice(list(FACTORS)))
+def one_factor_changed(scene: Scene, rng: np.random.Generator) -> dict[str, str]:
+    """A full caption of ``scene`` with one factor set to another value: a hard negative."""
+    factor = str(rng.choice(list(FACTORS)))
     others = [v for v in FACTORS[factor] if v != getattr(scene, factor)]
     return scene.replace(**{factor: str(rng.choice(others))}).as_dict()
 

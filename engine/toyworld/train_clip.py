@@ -88,7 +88,7 @@ def pixels_from_uint8(images_NHWC: np.ndarray) -> torch.Tensor:
     return (x_NCHW - mean) / std
 
 
-class _CaptionTokens:
+class CaptionTokens:
     """Tokenize captions once each (the grammar has few distinct strings)."""
 
     def __init__(self, context_length: int):
@@ -123,7 +123,7 @@ def consistency_matrix(scenes: list[Scene], mentions: list[dict[str, str]]) -> t
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, tokens: _CaptionTokens, n: int = 600, seed: int = 10_001) -> dict[str, float]:
+def zero_shot_accuracy(model, tokens: CaptionTokens, n: int = 600, seed: int = 10_001) -> dict[str, float]:
     """Per factor: classify among the factor's values with the other words of the caption fixed to the truth."""
     model.eval()
     scenes = sample_scenes(n, seed)
@@ -144,7 +144,7 @@ def train(config: ToyClipConfig, out_dir: Path | None = None) -> tuple[torch.nn.
     rng = np.random.default_rng(config.seed)
     oc_config = config.open_clip_config()
     model = open_clip.model.CLIP(**oc_config["model_cfg"])
-    tokens = _CaptionTokens(config.context_length)
+    tokens = CaptionTokens(config.context_length)
 
     start = time.time()
     pool = sample_scenes(config.train_images, config.seed)
