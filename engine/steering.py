@@ -178,7 +178,8 @@ def sweep(
         directions = [None]
         if baseline:
             directions.append(random_direction_like(W_dec_SD, latent, baseline_seed).unsqueeze(0))
-        deltas_ND = [edit_delta(state.f_TS, W_dec_SD, e, typical_S, n_prefix, d) for d in directions for e in edits]
+        f_TS = state.f_TS  # densified once, not once per strength
+        deltas_ND = [edit_delta(f_TS, W_dec_SD, e, typical_S, n_prefix, d) for d in directions for e in edits]
         acts_NTD = state.acts_TD.unsqueeze(0) + torch.stack(deltas_ND)
         base_logits_L = bench.logits_from_acts(state.acts_TD.unsqueeze(0), text_emb_LE)[0]
         logits_NL = bench.logits_from_acts(acts_NTD, text_emb_LE)
