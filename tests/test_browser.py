@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine.specs import ASSETS
+from scripts.screenshot import CHROMIUM_ARGS
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LOAD_S, RUN_S = 30, 30  # generous per-step limits; the whole test takes well under a minute on a CPU
 
 sync_api = pytest.importorskip(
