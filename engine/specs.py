@@ -9,7 +9,7 @@ model share it, and a spec can be written into a manifest or a URL and read back
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -53,9 +53,6 @@ class ModelSpec:
         if self.name.startswith("local-dir:") and Path(self.name[10:]) == TOY_CLIP_DIR:
             return "toy CLIP (embedded)"
         return self.name if self.pretrained is None else f"{self.name} ({self.pretrained})"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
     bench = ctx.bench
     picture = load_image(image)
     labels = parse_labels(labels_text)
-    top_k = int(parse_latent_count(top_k))
+    top_k = parse_latent_count(top_k)
     result = attribution.attribute(
         bench, picture, labels, target or None, metric or "logit_difference", template or None
     )

@@ -22,7 +22,7 @@ marker), so that per-patch heatmaps can be scored as well as image-level labels.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -77,14 +77,6 @@ class Scene:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-    def index(self) -> int:
-        """A unique integer for the scene (mixed radix over FACTORS)."""
-        code = 0
-        for f in fields(self):
-            values = FACTORS[f.name]
-            code = code * len(values) + values.index(getattr(self, f.name))
-        return code
 
 
 @dataclass(frozen=True)
