@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from engine import zeroshot
-from engine.backends.open_clip_backend import OpenClipBackend
+from engine.backends import load_backend
 from engine.sae import SAE, SAEFormatError
 from engine.specs import ModelSpec, SAESpec
 
@@ -102,11 +102,11 @@ class Workbench:
         self.device = device or default_device()
         pin_malloc_mmap_threshold()
         self.model_spec = model_spec
-        self.backend = OpenClipBackend(model_spec, self.device)
+        self.backend = load_backend(model_spec, self.device)
         self.sae = SAE.load(sae_spec.path).to(self.device)
         self.site = self.sae.config.hook_name
         self.backend.block_index(self.site)
-        d_model = self.backend.visual.transformer.width
+        d_model = self.backend.d_model
         if self.sae.config.d_in != d_model:
             raise SAEFormatError(
                 f"SAE d_in {self.sae.config.d_in} does not match {model_spec.display_name} at {self.site} (d={d_model})"

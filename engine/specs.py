@@ -16,7 +16,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_CLIP_DIR = ASSETS / "toy_clip"
 TOY_SAE_DIR = ASSETS / "toy_sae"
 
-MODEL_FAMILIES = ("open_clip",)
+MODEL_FAMILIES = ("open_clip", "hf_clip")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class ModelSpec:
 
     For open_clip, ``name`` is a model name ("ViT-B-32") with ``pretrained`` a tag or a file, or
     ``local-dir:/path`` holding ``open_clip_config.json`` and weights (how the toy model ships).
+    For hf_clip (transformers CLIP and SigLIP), ``name`` is a hub id ("openai/clip-vit-base-patch32") or a
+    local directory written by ``save_pretrained``; ``pretrained`` is unused.
     """
 
     family: str

@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine.backends import ModelUnavailableError
 from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.resid_post$")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model cannot be loaded here (not cached and not fetchable); the message says how to provide it."""
 
 
 class OpenClipBackend:
@@ -50,6 +47,8 @@ class OpenClipBackend:
         self.n_blocks = len(visual.transformer.resblocks)
         self.grid = tuple(visual.grid_size)
         self.n_prefix_tokens = 1
+        self.d_model = visual.transformer.width
+        self.context_length = self.model.context_length
 
     @property
     def sites(self) -> tuple[str, ...]:
