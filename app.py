@@ -1,7 +1,17 @@
 """Concept Steering Workbench: attribute, steer and explain the SAE concepts behind a vision model's prediction.
 
-python app.py                      # the embedded toy world on http://127.0.0.1:7860
+python app.py                                  # the embedded toy world on http://127.0.0.1:7860
 python app.py --host 0.0.0.0 --port 8080
+python app.py --preset prisma-vit-b32          # a published SAE for a real CLIP (needs the hub or a cache)
+python app.py --model open_clip:ViT-B-32@/models/vit_b_32.bin --sae /saes/my_sae@blocks.10.resid_post \\
+              --allow-dir /saes
+python app.py --model hf:openai/clip-vit-base-patch32 --sae hf:OWNER/REPO/PATH
+
+Models: toy | open_clip:NAME@TAG | open_clip:NAME@/path/weights | open_clip:hf-hub:ORG/REPO |
+open_clip:local-dir:/path | hf:HUB_ID_OR_DIR. SAEs: a local file or directory in any supported format
+(SAELens, saev, ViT-Prisma, PatchSAE, sparsify, dictionary_learning, overcomplete) or hf:OWNER/REPO[/PATH],
+optionally @blocks.N.resid_post. Each --model pairs with the --sae that follows it; the first is the default
+and is loaded at start-up (so a missing one fails at once); the toy world is always offered too.
 """
 
 from __future__ import annotations
@@ -9,37 +19,91 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from engine.resident import load_workbench  # noqa: E402
-from engine.specs import ModelSpec, SAESpec  # noqa: E402
+from engine.registry import PRESETS, TOY, Preset, label_set, local_model_paths, parse_model, parse_sae, preset  # noqa: E402
+from engine.resident import DTYPES, load_workbench  # noqa: E402
+from engine.sources import HUB_PREFIX, AllowedDirs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", help="address to serve on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--model", action="append", default=[], help="a model to offer (syntax above); repeatable")
+    parser.add_argument("--sae", action="append", default=[], help="the SAE for the --model before it")
+    parser.add_argument("--preset", action="append", default=[], help=f"a named pair; one of: {', '.join(PRESETS)}")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets with their sources and exit")
+    parser.add_argument("--labels", default="imagenet1k", help="default label set for --model (assets/labels)")
+    parser.add_argument(
+        "--allow-dir", action="append", default=[], help="a directory model and SAE files may be read from"
+    )
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when present)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and SAE precision")
     parser.add_argument("--cache-mb", type=int, default=512, help="byte budget of the per-image activation cache")
     parser.add_argument("--max-threads", type=int, default=8, help="concurrent requests Gradio accepts")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.model) != len(args.sae):
+        parser.error(f"each --model needs one --sae: got {len(args.model)} models and {len(args.sae)} SAEs")
+    return args
 
 
-def create_app(device: str | None = None):
-    """The Gradio Blocks on the embedded toy world (used by the CLI, the Space and the tests)."""
-    from ui.layout import build_app, context_for
+def choices_from_args(args: argparse.Namespace) -> dict[str, Preset]:
+    """The models to offer, in order: those named on the command line, the presets asked for, the toy."""
+    choices: dict[str, Preset] = {}
+    for model_text, sae_text in zip(args.model, args.sae):
+        model, sae = parse_model(model_text), parse_sae(sae_text)
+        if not model.default_labels:
+            model = replace(model, default_labels=label_set(args.labels))
+        choices[f"{model_text} + {sae_text}"] = Preset(
+            name=model_text, model=model, sae=sae, description="named on the command line"
+        )
+    for name in args.preset:
+        choices[name] = preset(name)
+    choices[TOY.name] = TOY
+    return choices
 
-    bench = load_workbench(ModelSpec.toy(), SAESpec.toy(), device)
-    return build_app(context_for(bench))
+
+def create_app(
+    device: str | None = None,
+    choices: dict[str, Preset] | None = None,
+    cache_mb: int = 512,
+    dtype: str = "float32",
+    allowed: AllowedDirs | None = None,
+):
+    """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now."""
+    from ui.common import AppContext
+    from ui.layout import build_app, example_files, heldout_for
+
+    choices = choices or {TOY.name: TOY}
+    allowed = allowed or AllowedDirs.default()
+
+    def load(chosen: Preset):
+        return load_workbench(chosen.model, chosen.sae, device, cache_mb, dtype, allowed)
+
+    ctx = AppContext(choices=choices, load=load, heldout=heldout_for, examples=example_files())
+    ctx.model(ctx.default)
+    return build_app(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.list_presets:
+        for found in PRESETS.values():
+            print(f"{found.name}: {found.description}\n  model {found.model.display_name}\n  sae {found.sae.path}")
+            print("".join(f"  source {url}\n" for url in found.sources), end="")
+        return
     import gradio as gr
 
-    app = create_app(args.device)
+    choices = choices_from_args(args)
+    # Paths the operator named on the command line are allowed; files chosen later must lie in --allow-dir.
+    named = [path for chosen in choices.values() for path in local_model_paths(chosen.model)]
+    named += [chosen.sae.path for chosen in choices.values() if not chosen.sae.path.startswith(HUB_PREFIX)]
+    allowed = AllowedDirs.default(args.allow_dir).with_paths(named)
+    app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed)
     app.queue(default_concurrency_limit=1).launch(
         server_name=args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -27,10 +27,23 @@ from PIL import Image
 
 from engine import zeroshot
 from engine.backends import load_backend
-from engine.sae import SAE, SAEFormatError
+from engine.registry import local_model_paths
+from engine.sae import SAEFormatError
+
+try:  # TEMPORARY until engine.sae_formats lands
+    from engine.sae_formats import load_sae
+except ImportError:
+    from engine.sae import SAE
+
+    def load_sae(path, site=None):
+        return SAE.load(path)
+
+
+from engine.sources import AllowedDirs, resolve_sae_source
 from engine.specs import ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LATENT_INFO_FILE = "latent_info.json"  # beside an SAE: per-latent label, AUROC, typical activation
 
 
@@ -97,25 +110,44 @@ def image_key(image: Image.Image) -> str:
 
 class Workbench:
     def __init__(
-        self, model_spec: ModelSpec, sae_spec: SAESpec, device: torch.device | None = None, cache_mb: int = 512
+        self,
+        model_spec: ModelSpec,
+        sae_spec: SAESpec,
+        device: torch.device | None = None,
+        cache_mb: int = 512,
+        dtype: str = "float32",
+        allowed: AllowedDirs | None = None,
     ):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         self.device = device or default_device()
+        self.dtype = DTYPES[dtype]
         pin_malloc_mmap_threshold()
-        self.model_spec = model_spec
+        allowed = allowed or AllowedDirs.default()
+        for path in local_model_paths(model_spec):
+            allowed.check(path)
+        self.model_spec, self.sae_spec = model_spec, sae_spec
+        sae_path = resolve_sae_source(sae_spec.path, allowed)
         self.backend = load_backend(model_spec, self.device)
-        self.sae = SAE.load(sae_spec.path).to(self.device)
+        self.backend.model.to(self.dtype)
+        self.sae = load_sae(sae_path, site=sae_spec.site).to(self.device, self.dtype)
         self.site = self.sae.config.hook_name
         self.backend.block_index(self.site)
-        d_model = self.backend.d_model
-        if self.sae.config.d_in != d_model:
+        if self.sae.config.d_in != self.backend.d_model:
             raise SAEFormatError(
-                f"SAE d_in {self.sae.config.d_in} does not match {model_spec.display_name} at {self.site} (d={d_model})"
+                f"SAE {sae_spec.display_name} reads vectors of size d_in={self.sae.config.d_in}, but "
+                f"{model_spec.display_name} has width {self.backend.d_model} at {self.site}: the SAE was trained "
+                "for another model"
             )
-        self.latent_info = _read_latent_info(Path(sae_spec.path), self.sae.config.d_sae)
+        self.latent_info = _read_latent_info(sae_path if sae_path.is_dir() else sae_path.parent, self.sae.config.d_sae)
         self.lock = threading.RLock()
         self.cache_bytes = cache_mb * 2**20
         self._states: OrderedDict[str, SiteState] = OrderedDict()
         self._texts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """The model's own preprocessing, on the device, in the workbench's dtype."""
+        return self.backend.pixels(images).to(self.device, self.dtype)
 
     @property
     def d_sae(self) -> int:
@@ -133,7 +165,7 @@ class Workbench:
             keys = [image_key(im) for im in images]
             missing = [i for i, k in enumerate(keys) if k not in self._states]
             if missing:
-                acts_BTD = self.backend.prefix(self.backend.pixels([images[i] for i in missing]), self.site)
+                acts_BTD = self.backend.prefix(self.pixels([images[i] for i in missing]), self.site)
                 f_BTS = self.sae.encode(acts_BTD)
                 error_BTD = acts_BTD - self.sae.decode(f_BTS)
                 for j, i in enumerate(missing):
@@ -157,15 +189,15 @@ class Workbench:
         key = (tuple(labels), template)
         with self.lock:
             if key not in self._texts:
-                self._texts[key] = self.backend.encode_text([template.format(label) for label in labels])
+                self._texts[key] = self.backend.encode_text([template.format(label) for label in labels]).float()
                 while len(self._texts) > 64:
                     self._texts.popitem(last=False)
             return self._texts[key]
 
     def logits_from_acts(self, acts_BTD: torch.Tensor, text_emb_LE: torch.Tensor) -> torch.Tensor:
-        return zeroshot.zero_shot_logits(
-            self.backend.suffix(acts_BTD, self.site), text_emb_LE, self.backend.logit_scale
-        )
+        """Zero-shot logits (B, L), in float32 whatever the model's dtype (edits may arrive in float32)."""
+        image_emb_BE = self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
+        return zeroshot.zero_shot_logits(image_emb_BE, text_emb_LE, self.backend.logit_scale)
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image], labels: list[str], template: str | None = None) -> torch.Tensor:
@@ -192,6 +224,13 @@ def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
 
 
 @functools.cache
-def load_workbench(model_spec: ModelSpec, sae_spec: SAESpec, device: str | None = None) -> Workbench:
+def load_workbench(
+    model_spec: ModelSpec,
+    sae_spec: SAESpec,
+    device: str | None = None,
+    cache_mb: int = 512,
+    dtype: str = "float32",
+    allowed: AllowedDirs | None = None,
+) -> Workbench:
     """The resident workbench for these specs (loaded on first use, then shared)."""
-    return Workbench(model_spec, sae_spec, torch.device(device) if device else None)
+    return Workbench(model_spec, sae_spec, torch.device(device) if device else None, cache_mb, dtype, allowed)

@@ -59,10 +59,20 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class SAESpec:
-    """An SAE on disk (a directory in the SAELens layout: cfg.json + sae_weights.safetensors)."""
+    """An SAE: a local file or directory in any supported format, or ``hf:OWNER/REPO[/PATH]`` on the hub.
+
+    ``site`` overrides the site that the file names (or supplies it where the format does not record it).
+    """
 
     path: str
+    site: str | None = None
 
     @classmethod
     def toy(cls) -> SAESpec:
         return cls(path=str(TOY_SAE_DIR))
+
+    @property
+    def display_name(self) -> str:
+        if Path(self.path) == TOY_SAE_DIR:
+            return "toy SAE (embedded)"
+        return self.path if self.site is None else f"{self.path} @ {self.site}"

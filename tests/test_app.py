@@ -41,7 +41,7 @@ def test_attribute_endpoint(client, image_file, bench):
     )
     assert [row[0] for row in predictions["data"]] == SHAPES
     assert math.isclose(sum(row[1] for row in predictions["data"]), 1.0, abs_tol=1e-3)
-    assert latents["headers"] == ["latent", "label", "label_auroc", "attribution", "activation"]
+    assert latents["headers"] == ["latent", "label", "label_score", "attribution", "activation"]
     assert len(latents["data"]) == 5 and 0 <= int(selected) < bench.d_sae
     assert int(selected) == latents["data"][0][0]
     assert len(gallery) == 5 and "Spearman" in summary

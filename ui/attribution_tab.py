@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import attribution
-from ui.common import AppContext, load_image, overlay, parse_labels, parse_latent, save_png, user_errors
+from ui.common import AppContext, ModelContext, load_image, overlay, parse_labels, parse_latent, save_png, user_errors
 
 METRIC_CHOICES = [
     ("logit difference (target vs best other)", "logit_difference"),
@@ -25,7 +25,7 @@ def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
     )
 
 
-def run_attribution(ctx: AppContext, image, labels_text, template, target, metric, top_k):
+def run_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k):
     """Handler behind the `attribute` endpoint."""
     bench = ctx.bench
     picture = load_image(image)
@@ -37,12 +37,12 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
     latents = result.top(top_k)
     f_TS = result.state.f_TS
     activation_S = f_TS.sum(0)
-    info = bench.latent_info
+    names = ctx.latent_names(latents, template or None)
     table = pd.DataFrame(
         {
             "latent": latents,
-            "label": [bench.latent_label(i) for i in latents],
-            "label_auroc": [info.scores[i] if info else None for i in latents],
+            "label": [names[i][0] for i in latents],
+            "label_score": [names[i][1] for i in latents],
             "attribution": [round(float(result.scores_S[i]), 4) for i in latents],
             "activation": [round(float(activation_S[i]), 4) for i in latents],
         }
@@ -51,7 +51,7 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
     gallery = [
         (
             save_png(overlay(picture, attribution.patch_map(f_TS[:, i], grid)), f"latent{i}_"),
-            f"#{i} {bench.latent_label(i)}",
+            f"#{i} {names[i][0]}",
         )
         for i in latents[:6]
     ]
@@ -63,13 +63,29 @@ def run_attribution(ctx: AppContext, image, labels_text, template, target, metri
             "actual_drop": [round(v, 4) for v in faith["actual"]],
         }
     )
+    label_source = (
+        "ground-truth factor (score: AUROC)"
+        if bench.latent_info is not None
+        else "closest concepts of the vocabulary in the joint space (score: cosine)"
+    )
     summary = (
         f"**Prediction:** {labels[int(result.logits_L.argmax())]} · **target:** {labels[result.target]} · "
         f"**{result.metric.replace('_', ' ')}:** {result.metric_value:.3f} · "
-        f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** {faith['spearman']:.2f}"
+        f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** {faith['spearman']:.2f} · "
+        f"**SAE explained variance on this image:** {explained_variance(result.state):.3f} · "
+        f"latent labels: {label_source}"
     )
     selected = str(latents[0]) if latents else ""
     return predictions_frame(labels, result.logits_L), table, gallery, faith_table, summary, selected
+
+
+def explained_variance(state) -> float:
+    """1 - |error|^2 / |acts - mean|^2 over this image's tokens: how much of the site the SAE reconstructs
+    (a low value warns that the SAE does not fit this model or this image)."""
+    acts_TD = state.acts_TD.float()
+    residual = float(state.error_TD.float().pow(2).sum())
+    total = float((acts_TD - acts_TD.mean(0)).pow(2).sum()) or 1.0
+    return 1.0 - residual / total
 
 
 def parse_latent_count(value) -> int:
@@ -82,7 +98,7 @@ def parse_latent_count(value) -> int:
     return k
 
 
-def latent_heatmap(ctx: AppContext, image, latent) -> tuple[str, str]:
+def latent_heatmap(ctx: ModelContext, image, latent) -> tuple[str, str]:
     """Handler behind `heatmap`: where one latent fires on the image."""
     bench = ctx.bench
     picture = load_image(image)
@@ -91,12 +107,20 @@ def latent_heatmap(ctx: AppContext, image, latent) -> tuple[str, str]:
     f_T = state.f_TS[:, latent]
     map_HW = attribution.patch_map(f_T, bench.backend.grid)
     cls = float(f_T[0])
-    caption = f"latent {latent} ({bench.latent_label(latent) or 'no label'}): max over patches {float(map_HW.max()):.3f}, class token {cls:.3f}"
+    name = ctx.latent_names([latent], None)[latent][0]
+    caption = (
+        f"latent {latent} ({name or 'no label'}): max over patches {float(map_HW.max()):.3f}, class token {cls:.3f}"
+    )
     return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
 
 
 def build(
-    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Textbox
+    app: AppContext,
+    model: gr.Dropdown,
+    image: gr.Image,
+    labels: gr.Textbox,
+    template: gr.Textbox,
+    selected_latent: gr.Textbox,
 ) -> None:
     with gr.Row():
         target = gr.Textbox(label="Target label (blank: the predicted one)", scale=2)
@@ -117,13 +141,14 @@ def build(
             heat_caption = gr.Markdown()
         faith = gr.Dataframe(label="Faithfulness: predicted vs actual drop of the metric when each latent is removed")
 
-    def attribute(image, labels_text, template_text, target_text, metric_value, k):
+    def attribute(image, labels_text, template_text, target_text, metric_value, k, model_name):
+        ctx = app.model(model_name)
         return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
 
-    def heatmap(image, latent):
+    def heatmap(image, latent, model_name):
         if not str(latent or "").strip() or image is None:
             return None, ""
-        return latent_heatmap(ctx, image, latent)
+        return latent_heatmap(app.model(model_name), image, latent)
 
     def pick(table, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -131,10 +156,12 @@ def build(
 
     event = run.click(
         user_errors(attribute),
-        [image, labels, template, target, metric, top_k],
+        [image, labels, template, target, metric, top_k, model],
         [predictions, latents, gallery, faith, summary, selected_latent],
         api_name="attribute",
     )
     event.success(lambda df: df, predictions, predictions_plot, api_name=False)
     latents.select(pick, latents, selected_latent, api_name=False)
-    selected_latent.change(user_errors(heatmap), [image, selected_latent], [heat, heat_caption], api_name="heatmap")
+    selected_latent.change(
+        user_errors(heatmap), [image, selected_latent, model], [heat, heat_caption], api_name="heatmap"
+    )

@@ -10,7 +10,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -18,24 +18,63 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from engine import zeroshot
+from engine import vocabulary, zeroshot
+from engine.backends import ModelUnavailableError
+from engine.registry import LABELS_DIR, Preset
 from engine.resident import Workbench
 from engine.sae import SAEFormatError
 
 log = logging.getLogger(__name__)
 
+CONCEPTS_FILE = LABELS_DIR / "concepts.txt"
 MAX_UPLOAD_BYTES = 25 * 2**20
 MAX_PIXELS = 40_000_000  # a 40-megapixel image is the largest we decode
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError beyond 2x this
 
 
 @dataclass
-class AppContext:
-    """What every tab needs: the resident workbench and where the example images are."""
+class ModelContext:
+    """What a handler needs for one model: its resident workbench, a held-out batch, and latent names."""
 
     bench: Workbench
-    examples: list[str]
     heldout: Callable[[list[str]], tuple[list[Image.Image], list[int | None] | None]] | None = None
+
+    def latent_names(self, latents: list[int], template: str | None) -> dict[int, tuple[str, float | None]]:
+        """A name and a score per latent: the ground-truth label and its AUROC where the SAE ships them (the
+        toy), else the best concepts of the vocabulary and their cosine (engine.vocabulary)."""
+        info = self.bench.latent_info
+        if info is not None:
+            return {i: (info.labels[i], info.scores[i]) for i in latents}
+        if not latents:
+            return {}
+        named = vocabulary.name_latents(self.bench, latents, list(concept_vocabulary()), template, top=3)
+        return {i: ("; ".join(c for c, _ in best), best[0][1]) for i, best in named.items()}
+
+
+@functools.cache
+def concept_vocabulary() -> tuple[str, ...]:
+    return tuple(line for line in CONCEPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+@dataclass
+class AppContext:
+    """The models the app offers (loaded on first use, then resident) and the example images."""
+
+    choices: dict[str, Preset]
+    load: Callable[[Preset], Workbench]
+    heldout: Callable[[Preset], Callable | None]
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def default(self) -> str:
+        return next(iter(self.choices))
+
+    def model(self, name: str | None) -> ModelContext:
+        name = name or self.default
+        if name not in self.choices:
+            raise ValueError(f"unknown model {name!r}; valid: {', '.join(self.choices)}")
+        chosen = self.choices[name]
+        return ModelContext(self.load(chosen), self.heldout(chosen))
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -47,7 +86,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, SAEFormatError, KeyError) as error:
+        except (ValueError, SAEFormatError, KeyError, ModelUnavailableError, FileNotFoundError) as error:
             raise gr.Error(str(error).strip("'\"")) from error
         except Exception as error:
             log.exception("handler %s failed", fn.__name__)

@@ -9,6 +9,7 @@ import pandas as pd
 from engine import steering
 from ui.common import (
     AppContext,
+    ModelContext,
     load_image,
     parse_float_list,
     parse_int_list,
@@ -25,7 +26,7 @@ MODE_CHOICES = [
 MAX_SWEEP_POINTS = 64
 
 
-def parse_edit(ctx: AppContext, latents_text, strengths_text, mode, patches_text) -> steering.Edit:
+def parse_edit(ctx: ModelContext, latents_text, strengths_text, mode, patches_text) -> steering.Edit:
     latents = [parse_latent(v, ctx.bench) for v in parse_int_list(latents_text, "latent ids")]
     if not latents:
         raise ValueError(f"choose at least one latent id (0 .. {ctx.bench.d_sae - 1})")
@@ -36,7 +37,7 @@ def parse_edit(ctx: AppContext, latents_text, strengths_text, mode, patches_text
     return steering.Edit(tuple(latents), tuple(strengths), mode or "scale", tuple(patches) if patches else None)
 
 
-def run_steer(ctx: AppContext, image, labels_text, template, latents_text, strengths_text, mode, patches_text):
+def run_steer(ctx: ModelContext, image, labels_text, template, latents_text, strengths_text, mode, patches_text):
     """Handler behind the `steer` endpoint: before/after probabilities."""
     edit = parse_edit(ctx, latents_text, strengths_text, mode, patches_text)
     labels = parse_labels(labels_text)
@@ -71,7 +72,7 @@ def strengths_grid(s_min, s_max, n_points) -> list[float]:
 
 
 def run_sweep(
-    ctx: AppContext, image, labels_text, template, latent, s_min, s_max, n_points, mode, patches_text, metric
+    ctx: ModelContext, image, labels_text, template, latent, s_min, s_max, n_points, mode, patches_text, metric
 ):
     """Handler behind the `sweep` endpoint: the metric against strength, for the latent and a random direction."""
     bench = ctx.bench
@@ -109,7 +110,7 @@ def run_sweep(
     return frame, plot, summary
 
 
-def run_ripple(ctx: AppContext, labels_text, template, latents_text, strengths_text, mode, patches_text):
+def run_ripple(ctx: ModelContext, labels_text, template, latents_text, strengths_text, mode, patches_text):
     """Handler behind `ripple`: the same edit on a held-out batch, per label."""
     if ctx.heldout is None:
         raise ValueError("no held-out batch is available for this model")
@@ -121,7 +122,12 @@ def run_ripple(ctx: AppContext, labels_text, template, latents_text, strengths_t
 
 
 def build(
-    ctx: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Textbox, selected_latent: gr.Textbox
+    app: AppContext,
+    model: gr.Dropdown,
+    image: gr.Image,
+    labels: gr.Textbox,
+    template: gr.Textbox,
+    selected_latent: gr.Textbox,
 ) -> None:
     with gr.Row():
         latents = gr.Textbox(label="Latent ids (comma-separated)", placeholder="e.g. 12, 40", scale=2)
@@ -148,36 +154,41 @@ def build(
     sweep_plot = gr.LinePlot(x="strength", y="value", color="curve", title="Metric against strength")
     sweep_table = gr.Dataframe(label="Sweep", interactive=False)
 
-    def steer(image, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text):
+    def steer(image, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text, model_name):
+        ctx = app.model(model_name)
         return run_steer(ctx, image, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
 
     def sweep(image, labels_text, template_text, latent, low, high, n, mode_value, patches_text, metric_value,
-              progress=gr.Progress()):  # fmt: skip
+              model_name, progress=gr.Progress()):  # fmt: skip
+        ctx = app.model(model_name)
         progress(0.1, desc="sweeping in one batched pass")
         return run_sweep(
             ctx, image, labels_text, template_text, latent, low, high, n, mode_value, patches_text, metric_value
         )
 
-    def ripple(
-        labels_text, template_text, latents_text, strengths_text, mode_value, patches_text, progress=gr.Progress()
-    ):
+    def ripple(labels_text, template_text, latents_text, strengths_text, mode_value, patches_text, model_name,
+               progress=gr.Progress()):  # fmt: skip
+        ctx = app.model(model_name)
         progress(0.1, desc="applying the edit to the held-out batch")
         return run_ripple(ctx, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
 
     steer_button.click(
         user_errors(steer),
-        [image, labels, template, latents, strengths, mode, patches],
+        [image, labels, template, latents, strengths, mode, patches, model],
         [steer_table, steer_plot, steer_summary],
         api_name="steer",
     )
     sweep_button.click(
         user_errors(sweep),
-        [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric],
+        [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric, model],
         [sweep_table, sweep_plot, sweep_summary],
         api_name="sweep",
     )
     ripple_button.click(
-        user_errors(ripple), [labels, template, latents, strengths, mode, patches], ripple_table, api_name="ripple"
+        user_errors(ripple),
+        [labels, template, latents, strengths, mode, patches, model],
+        ripple_table,
+        api_name="ripple",
     )
 
     def carry(value):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.backends import ModelUnavailableError
+from engine.sources import hub_guard
 from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,18 @@ class OpenClipBackend:
     def __init__(self, spec: ModelSpec, device: torch.device):
         self.spec = spec
         self.device = device
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.name, pretrained=spec.pretrained, device=device
-            )
-        except (FileNotFoundError, OSError) as error:
-            raise ModelUnavailableError(
-                f"could not load open_clip model {spec.display_name}: {error}. Offline, pass a local directory "
-                "('local-dir:/path' with open_clip_config.json and weights) or a weights file as pretrained."
-            ) from error
+        with hub_guard() as offline:
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.name, pretrained=spec.pretrained, device=device
+                )
+            except (FileNotFoundError, OSError, RuntimeError) as error:
+                where = "the hub is not reachable from here" if offline else "it could not be fetched"
+                raise ModelUnavailableError(
+                    f"open_clip model {spec.display_name} is not in the local cache and {where} ({error}). "
+                    "Provide it locally: a weights file as the pretrained tag (open_clip:NAME@/path/to/weights.bin), "
+                    "or a directory with open_clip_config.json and weights (open_clip:local-dir:/path)."
+                ) from error
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(spec.name)

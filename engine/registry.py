@@ -1,0 +1,128 @@
+"""Named model + SAE pairs: the embedded toy, presets for real models, and the command-line syntax for others.
+
+A model is named as ``FAMILY:ID``:
+
+- ``toy``: the embedded toy-world CLIP (the default);
+- ``open_clip:NAME@TAG``: an open_clip model with a pretrained tag (``open_clip:ViT-B-32@openai``) or a local
+  weights file as the tag (``open_clip:ViT-B-32@/models/vit_b_32.bin``); ``@random`` gives random weights;
+- ``open_clip:hf-hub:ORG/REPO`` and ``open_clip:local-dir:/path``: open_clip's own hub and directory forms;
+- ``hf:ID_OR_DIR``: a transformers CLIP or SigLIP, by hub id (``hf:openai/clip-vit-base-patch32``) or a
+  directory written by ``save_pretrained``.
+
+An SAE is a local path (file or directory, any supported format) or ``hf:OWNER/REPO[/PATH]``, optionally
+followed by ``@SITE`` to name or override the site (``/saes/clip-b16@blocks.10.resid_post``).
+
+>>> parse_model("open_clip:ViT-B-32@openai")
+ModelSpec(family='open_clip', name='ViT-B-32', pretrained='openai', prompt_template='a photo of a {}.', default_labels=())
+>>> parse_sae("hf:owner/repo/layer_10@blocks.10.resid_post")
+SAESpec(path='hf:owner/repo/layer_10', site='blocks.10.resid_post')
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.specs import ASSETS, ModelSpec, SAESpec
+
+LABELS_DIR = ASSETS / "labels"
+PHOTOS_DIR = ASSETS / "photos"
+TOY_EXAMPLES_DIR = ASSETS / "examples"
+SITE_SUFFIX = re.compile(r"@(blocks\.\d+\.resid_post)$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model with an SAE for it, and where the pair was published (so every id can be checked)."""
+
+    name: str
+    model: ModelSpec
+    sae: SAESpec
+    description: str
+    sources: tuple[str, ...] = ()
+    label_set: str = "imagenet1k"
+
+
+def parse_model(text: str) -> ModelSpec:
+    """A :class:`ModelSpec` from the command-line syntax in this module's docstring."""
+    text = text.strip()
+    if text == "toy":
+        return ModelSpec.toy()
+    family, _, rest = text.partition(":")
+    if not rest:
+        raise ValueError(f"model {text!r}: expected toy, open_clip:NAME@TAG, open_clip:local-dir:/path or hf:ID_OR_DIR")
+    if family == "hf":
+        return ModelSpec(family="hf_clip", name=rest)
+    if family != "open_clip":
+        raise ValueError(f"model {text!r}: unknown family {family!r}; valid: toy, open_clip, hf")
+    if rest.startswith(("local-dir:", "hf-hub:")):
+        return ModelSpec(family="open_clip", name=rest)
+    name, _, tag = rest.partition("@")
+    if not tag:
+        raise ValueError(
+            f"model {text!r}: an open_clip model needs a pretrained tag (open_clip:{name}@openai), "
+            f"a weights file (open_clip:{name}@/path/weights.bin) or @random"
+        )
+    return ModelSpec(family="open_clip", name=name, pretrained=None if tag == "random" else tag)
+
+
+def parse_sae(text: str) -> SAESpec:
+    text = text.strip()
+    if not text:
+        raise ValueError("empty SAE: give a path or hf:OWNER/REPO[/PATH], optionally with @blocks.N.resid_post")
+    match = SITE_SUFFIX.search(text)
+    if match:
+        return SAESpec(path=text[: match.start()], site=match.group(1))
+    return SAESpec(path=text)
+
+
+def local_model_paths(spec: ModelSpec) -> list[Path]:
+    """The local files a model spec names (they must lie in allowed directories)."""
+    if spec.family == "open_clip":
+        paths = [spec.name[len("local-dir:") :]] if spec.name.startswith("local-dir:") else []
+        if spec.pretrained and ("/" in spec.pretrained or Path(spec.pretrained).exists()):
+            paths.append(spec.pretrained)
+        return [Path(p) for p in paths]
+    if spec.name.startswith(("/", ".", "~")) or Path(spec.name).exists():
+        return [Path(spec.name)]
+    return []
+
+
+@functools.cache
+def label_set(name: str) -> tuple[str, ...]:
+    """A shipped label list (``assets/labels/NAME.txt``, one label per line)."""
+    available = label_set_names()
+    if name not in available:
+        raise ValueError(f"unknown label set {name!r}; valid: {', '.join(available)}")
+    lines = (LABELS_DIR / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def label_set_names() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in LABELS_DIR.glob("*.txt") if p.stem != "concepts"))
+
+
+def with_labels(preset: Preset) -> Preset:
+    """The preset with its label set filled in as the model's default labels."""
+    return replace(preset, model=replace(preset.model, default_labels=label_set(preset.label_set)))
+
+
+TOY = Preset(
+    name="toy",
+    model=ModelSpec.toy(),
+    sae=SAESpec.toy(),
+    description="the embedded toy world: a small CLIP and a TopK SAE trained here, with ground truth",
+    label_set="",
+)
+
+# Real presets: each id, site and format was read from the source listed with it.
+PRESETS: dict[str, Preset] = {TOY.name: TOY}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    found = PRESETS[name]
+    return with_labels(found) if found.label_set else found
