@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -54,11 +53,10 @@ def choices_from_args(args: argparse.Namespace) -> dict[str, Preset]:
     """The models to offer, in order: those named on the command line, the presets asked for, the toy."""
     choices: dict[str, Preset] = {}
     for model_text, sae_text in zip(args.model, args.sae):
-        model, sae = parse_model(model_text), parse_sae(sae_text)
-        if not model.default_labels:
-            model = replace(model, default_labels=label_set(args.labels))
-        choices[f"{model_text} + {sae_text}"] = Preset(
-            name=model_text, model=model, sae=sae, description="named on the command line"
+        label_set(args.labels)  # an unknown label set fails here, with the valid names
+        name = f"{model_text} + {sae_text}"
+        choices[name] = Preset(
+            name, parse_model(model_text), parse_sae(sae_text), "named on the command line", (), args.labels
         )
     for name in args.preset:
         choices[name] = preset(name)
@@ -72,8 +70,12 @@ def create_app(
     cache_mb: int = 512,
     dtype: str = "float32",
     allowed: AllowedDirs | None = None,
+    concepts: tuple[str, ...] | None = None,
 ):
-    """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now."""
+    """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now.
+
+    ``concepts`` replaces the shipped vocabulary (assets/labels/concepts.txt) that names latents of real models.
+    """
     from ui.common import AppContext
     from ui.layout import build_app, example_files, heldout_for
 
@@ -84,6 +86,8 @@ def create_app(
         return load_workbench(chosen.model, chosen.sae, device, cache_mb, dtype, allowed)
 
     ctx = AppContext(choices=choices, load=load, heldout=heldout_for, examples=example_files())
+    if concepts is not None:
+        ctx.concepts = lambda: concepts
     ctx.model(ctx.default)
     return build_app(ctx)
 

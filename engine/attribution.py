@@ -148,6 +148,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra @ rb) / denom) if denom > 0 else float("nan")
 
 
-def patch_map(values_T: torch.Tensor, grid: tuple[int, int], n_prefix_tokens: int = 1) -> torch.Tensor:
-    """Per-patch values (gh, gw) from per-token values (prefix tokens such as CLS dropped)."""
+def patch_map(values_T: torch.Tensor, grid: tuple[int, int], n_prefix_tokens: int | None = None) -> torch.Tensor:
+    """Per-patch values (gh, gw) from per-token values (prefix tokens such as CLS dropped). The patches are the
+    last gh * gw tokens, so ``n_prefix_tokens`` defaults to the rest (1 for CLIP's class token, 0 for SigLIP).
+
+    >>> patch_map(torch.arange(5.0), (2, 2)).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if n_prefix_tokens is None:
+        n_prefix_tokens = values_T.shape[0] - grid[0] * grid[1]
     return values_T[n_prefix_tokens:].reshape(grid)

@@ -43,6 +43,7 @@ from engine import attribution, steering
 from engine.hooks import attached
 from engine.resident import Workbench
 from engine.sae import SAE, SAEConfig
+from engine.sources import AllowedDirs
 from engine.specs import ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def random_sae(d_in: int, d_sae: int, k: int, site: str, seed: int = 0) -> SAE:
 def vit_b32_workbench(directory: Path, device: torch.device) -> Workbench:
     site = "blocks.10.resid_post"
     random_sae(768, 24_576, 32, site).save(directory)
-    return Workbench(ModelSpec("open_clip", "ViT-B-32"), SAESpec(str(directory)), device)
+    allowed = AllowedDirs.default([directory])
+    return Workbench(ModelSpec("open_clip", "ViT-B-32"), SAESpec(str(directory)), device, allowed=allowed)
 
 
 class Images:

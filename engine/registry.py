@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.specs import ASSETS, ModelSpec, SAESpec
@@ -104,9 +104,9 @@ def label_set_names() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in LABELS_DIR.glob("*.txt") if p.stem != "concepts"))
 
 
-def with_labels(preset: Preset) -> Preset:
-    """The preset with its label set filled in as the model's default labels."""
-    return replace(preset, model=replace(preset.model, default_labels=label_set(preset.label_set)))
+def default_labels(chosen: Preset) -> tuple[str, ...]:
+    """The labels offered first: the model's own, else the preset's label set."""
+    return chosen.model.default_labels or (label_set(chosen.label_set) if chosen.label_set else ())
 
 
 TOY = Preset(
@@ -124,5 +124,4 @@ PRESETS: dict[str, Preset] = {TOY.name: TOY}
 def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    found = PRESETS[name]
-    return with_labels(found) if found.label_set else found
+    return PRESETS[name]

@@ -3,12 +3,17 @@
 An SAE reads a model's activation ``x`` (d_in) at one site and writes it as a sparse, non-negative code
 ``f`` (d_sae latents) whose decoder rows are the concept directions:
 
-    f = act((x - b_dec) @ W_enc + b_enc)            (b_dec subtracted only if apply_b_dec_to_input)
-    x_hat = f @ W_dec + b_dec
+    f = act((norm(x) - b_dec) @ W_enc + b_enc)      (b_dec subtracted only if apply_b_dec_to_input)
+    x_hat = denorm(f @ W_dec + b_dec)
     error = x - x_hat
 
-``act`` is TopK (keep the k largest pre-activations, Gao et al. 2024), ReLU, or JumpReLU (zero below a
-per-latent threshold, Rajamanoharan et al. 2024). The engine never replaces ``x`` by ``x_hat``: every
+``act`` is TopK (keep the k largest pre-activations, Gao et al. 2024; their ReLU unless ``topk_relu`` is
+off, as in saev), ReLU, or JumpReLU (``relu(pre)`` where ``pre > threshold``, else zero; Rajamanoharan et al.
+2024). ``norm`` is the identity for almost every SAE; a few formats (SAELens, ViT-Prisma) may normalise each
+input first (``normalize_activations``): ``layer_norm`` (centre, divide by the std) or
+``constant_norm_rescale`` (scale to norm sqrt(d_in)). Then ``denorm`` maps the reconstruction back with the
+statistics of that same input, so ``decode`` needs ``x`` too, and a change ``delta`` in the SAE's output space
+moves the activation by ``delta * output_scale(x)``. The engine never replaces ``x`` by ``x_hat``: every
 analysis keeps ``error`` (SAELens' ``use_error_term``), so that inserting the SAE changes nothing and an edit
 of latent i moves the activation by exactly ``(f_i' - f_i) * W_dec[i]``.
 
@@ -31,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ARCHITECTURES = ("topk", "relu", "jumprelu")
+NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale")
+LAYER_NORM_EPS = 1e-5  # SAELens and ViT-Prisma: (x - mean) / (std + eps) on the way in, * std + mean out
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 
 
@@ -47,12 +54,20 @@ class SAEConfig:
     k: int | None = None
     apply_b_dec_to_input: bool = True
     model_name: str = ""
+    normalize_activations: str = "none"
+    topk_relu: bool = True
+    source_format: str = ""  # the format the file came in (engine.sae_formats.SAE_FORMATS); "" = native
+    source_site: str = ""  # the site as that format named it, e.g. "blocks.9.hook_resid_post"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise SAEFormatError(f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
             raise SAEFormatError(f"a topk SAE needs 0 < k <= d_sae ({self.d_sae}); got k={self.k}")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SAEFormatError(
+                f"unknown normalize_activations {self.normalize_activations!r}; valid: {', '.join(NORMALIZATIONS)}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +96,27 @@ class SAE(torch.nn.Module):
         if config.architecture == "jumprelu":
             self.threshold = torch.nn.Parameter(torch.zeros(d_sae))
 
+    def normalize(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """The input as the SAE sees it (the identity unless ``normalize_activations`` says otherwise)."""
+        kind = self.config.normalize_activations
+        if kind == "layer_norm":
+            centred_ND = x_ND - x_ND.mean(-1, keepdim=True)
+            return centred_ND / (centred_ND.std(-1, keepdim=True) + LAYER_NORM_EPS)
+        if kind == "constant_norm_rescale":
+            return x_ND * (self.config.d_in**0.5 / x_ND.norm(dim=-1, keepdim=True))
+        return x_ND
+
+    def output_scale(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """(..., 1): how much a unit change in the SAE's output space moves the activation x_ND."""
+        kind = self.config.normalize_activations
+        if kind == "layer_norm":
+            return x_ND.std(-1, keepdim=True)
+        if kind == "constant_norm_rescale":
+            return x_ND.norm(dim=-1, keepdim=True) / self.config.d_in**0.5
+        return torch.ones_like(x_ND[..., :1])
+
     def pre_activation(self, x_ND: torch.Tensor) -> torch.Tensor:
+        x_ND = self.normalize(x_ND)
         if self.config.apply_b_dec_to_input:
             x_ND = x_ND - self.b_dec
         return x_ND @ self.W_enc + self.b_enc
@@ -89,20 +124,33 @@ class SAE(torch.nn.Module):
     def activate(self, pre_NS: torch.Tensor) -> torch.Tensor:
         if self.config.architecture == "topk":
             values_NK, indices_NK = pre_NS.topk(self.config.k, dim=-1)
-            return torch.zeros_like(pre_NS).scatter(-1, indices_NK, values_NK.relu())
+            values_NK = values_NK.relu() if self.config.topk_relu else values_NK
+            return torch.zeros_like(pre_NS).scatter(-1, indices_NK, values_NK)
         if self.config.architecture == "jumprelu":
-            return pre_NS * (pre_NS > self.threshold)
+            return pre_NS.relu() * (pre_NS > self.threshold)
         return pre_NS.relu()
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
         """Latent activations f, (..., d_sae)."""
         return self.activate(self.pre_activation(x_ND))
 
-    def decode(self, f_NS: torch.Tensor) -> torch.Tensor:
-        return f_NS @ self.W_dec + self.b_dec
+    def decode(self, f_NS: torch.Tensor, x_ND: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction x_hat, (..., d_in). ``x_ND``, the input that was encoded, is needed only by an SAE
+        that normalises each input (``normalize_activations``), to map the reconstruction back."""
+        x_hat_ND = f_NS @ self.W_dec + self.b_dec
+        if self.config.normalize_activations == "none":
+            return x_hat_ND
+        if x_ND is None:
+            raise ValueError(
+                f"this SAE normalises each input ({self.config.normalize_activations}): "
+                "decode(f, x) needs the input x that was encoded, to undo the normalisation"
+            )
+        if self.config.normalize_activations == "layer_norm":
+            return x_hat_ND * x_ND.std(-1, keepdim=True) + x_ND.mean(-1, keepdim=True)
+        return x_hat_ND * self.output_scale(x_ND)
 
     def forward(self, x_ND: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x_ND))
+        return self.decode(self.encode(x_ND), x_ND)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -100,11 +100,19 @@ def hub_reachable(timeout_s: float = REACHABILITY_TIMEOUT_S) -> bool:
     cached = _reachability.get(host)
     if cached and time.monotonic() - cached[0] < 60:
         return cached[1]
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            reachable = True
-    except OSError:
-        reachable = False
+    answer: list[bool] = []
+
+    def connect() -> None:  # in a thread: the timeout of create_connection does not bound the DNS lookup
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    reachable = bool(answer and answer[0])
     _reachability[host] = (time.monotonic(), reachable)
     return reachable
 

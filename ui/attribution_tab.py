@@ -106,11 +106,10 @@ def latent_heatmap(ctx: ModelContext, image, latent) -> tuple[str, str]:
     (state,) = bench.site_states([picture])
     f_T = state.f_TS[:, latent]
     map_HW = attribution.patch_map(f_T, bench.backend.grid)
-    cls = float(f_T[0])
     name = ctx.latent_names([latent], None)[latent][0]
-    caption = (
-        f"latent {latent} ({name or 'no label'}): max over patches {float(map_HW.max()):.3f}, class token {cls:.3f}"
-    )
+    caption = f"latent {latent} ({name or 'no label'}): max over patches {float(map_HW.max()):.3f}"
+    if bench.backend.n_prefix_tokens:
+        caption += f", class token {float(f_T[0]):.3f}"
     return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
 
 

@@ -38,6 +38,7 @@ class ModelContext:
 
     bench: Workbench
     heldout: Callable[[list[str]], tuple[list[Image.Image], list[int | None] | None]] | None = None
+    concepts: Callable[[], tuple[str, ...]] = field(default=lambda: concept_vocabulary())
 
     def latent_names(self, latents: list[int], template: str | None) -> dict[int, tuple[str, float | None]]:
         """A name and a score per latent: the ground-truth label and its AUROC where the SAE ships them (the
@@ -47,7 +48,7 @@ class ModelContext:
             return {i: (info.labels[i], info.scores[i]) for i in latents}
         if not latents:
             return {}
-        named = vocabulary.name_latents(self.bench, latents, list(concept_vocabulary()), template, top=3)
+        named = vocabulary.name_latents(self.bench, latents, list(self.concepts()), template, top=3)
         return {i: ("; ".join(c for c, _ in best), best[0][1]) for i, best in named.items()}
 
 
@@ -64,6 +65,7 @@ class AppContext:
     load: Callable[[Preset], Workbench]
     heldout: Callable[[Preset], Callable | None]
     examples: dict[str, list[str]] = field(default_factory=dict)
+    concepts: Callable[[], tuple[str, ...]] = field(default=lambda: concept_vocabulary())
 
     @property
     def default(self) -> str:
@@ -74,7 +76,7 @@ class AppContext:
         if name not in self.choices:
             raise ValueError(f"unknown model {name!r}; valid: {', '.join(self.choices)}")
         chosen = self.choices[name]
-        return ModelContext(self.load(chosen), self.heldout(chosen))
+        return ModelContext(self.load(chosen), self.heldout(chosen), self.concepts)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -7,7 +7,7 @@ import functools
 import gradio as gr
 from PIL import Image
 
-from engine.registry import PHOTOS_DIR, TOY_EXAMPLES_DIR, Preset, label_set_names
+from engine.registry import PHOTOS_DIR, TOY_EXAMPLES_DIR, Preset, default_labels, label_set, label_set_names
 from engine.resident import Workbench
 from engine.specs import ModelSpec
 from engine.toyworld import captions, render
@@ -53,8 +53,8 @@ def example_files() -> dict[str, list[str]]:
     }
 
 
-def default_labels(chosen: Preset) -> str:
-    return ", ".join(chosen.model.default_labels)
+def labels_text(chosen: Preset) -> str:
+    return ", ".join(default_labels(chosen))
 
 
 def describe(chosen: Preset, bench: Workbench) -> str:
@@ -80,8 +80,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     if files:
                         gr.Examples(files, inputs=image, label=title)
             with gr.Column(scale=2):
-                labels = gr.Textbox(label="Labels (comma-separated)", value=default_labels(first), lines=2, max_lines=6)
-                label_set = gr.Dropdown(
+                labels = gr.Textbox(label="Labels (comma-separated)", value=labels_text(first), lines=2, max_lines=6)
+                label_set_choice = gr.Dropdown(
                     ["(unchanged)", *label_set_names()], value="(unchanged)", label="Fill labels from a shipped set"
                 )
                 template = gr.Textbox(
@@ -99,7 +99,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             if chosen is None:
                 raise ValueError(f"unknown model {name!r}; valid: {', '.join(ctx.choices)}")
             bench = ctx.model(name).bench
-            return describe(chosen, bench), default_labels(chosen), chosen.model.prompt_template, ""
+            return describe(chosen, bench), labels_text(chosen), chosen.model.prompt_template, ""
 
         def fill_labels(name, current):
             return current if name in (None, "", "(unchanged)") else ", ".join(label_set(name))
@@ -107,5 +107,5 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         model.change(
             user_errors(switch), model, [model_info, labels, template, selected_latent], api_name="select_model"
         )
-        label_set.change(fill_labels, [label_set, labels], labels, api_name=False)
+        label_set_choice.change(fill_labels, [label_set_choice, labels], labels, api_name=False)
     return app
