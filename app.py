@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", action="append", default=[], help="a model to offer (syntax above); repeatable")
     parser.add_argument("--sae", action="append", default=[], help="the SAE for the --model before it")
     parser.add_argument("--preset", action="append", default=[], help=f"a named pair; one of: {', '.join(PRESETS)}")
+    parser.add_argument("--default", help="which offered model the app opens with (default: the first named)")
     parser.add_argument("--list-presets", action="store_true", help="print the presets with their sources and exit")
     parser.add_argument("--labels", default="imagenet1k", help="default label set for --model (assets/labels)")
     parser.add_argument(
@@ -61,6 +62,10 @@ def choices_from_args(args: argparse.Namespace) -> dict[str, Preset]:
     for name in args.preset:
         choices[name] = preset(name)
     choices[TOY.name] = TOY
+    if args.default:
+        if args.default not in choices:
+            raise SystemExit(f"--default {args.default!r} is not offered; valid: {', '.join(choices)}")
+        choices = {args.default: choices[args.default], **choices}
     return choices
 
 

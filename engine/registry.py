@@ -117,8 +117,36 @@ TOY = Preset(
     label_set="",
 )
 
-# Real presets: each id, site and format was read from the source listed with it.
-PRESETS: dict[str, Preset] = {TOY.name: TOY}
+# Real presets: each id, site and format was read from the sources listed with it (not downloaded here: the
+# project's machines have no hub; the Space does). The first source is the SAE's own page.
+PRISMA_VIT_B32 = Preset(
+    name="prisma-vit-b32",
+    model=ModelSpec("open_clip", "hf-hub:laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"),
+    sae=SAESpec("hf:Prisma-Multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-10-hook_resid_post-l1-1e-05"),
+    description=(
+        "ViT-Prisma's ReLU SAE (49,152 latents, all 50 tokens) on the residual stream after block 10 of "
+        "LAION's DataComp.XL CLIP ViT-B/32; 98.4% explained variance reported by its authors"
+    ),
+    sources=(
+        "https://huggingface.co/Prisma-Multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-10-hook_resid_post-l1-1e-05",
+        "https://github.com/Prisma-Multimodal/ViT-Prisma/blob/main/docs/sae_table.md",
+    ),
+)
+SAEV_VIT_B16 = Preset(
+    name="saev-vit-b16",
+    model=ModelSpec("open_clip", "ViT-B-16", "openai"),
+    sae=SAESpec("hf:osunlp/SAE_CLIP_24K_ViT-B-16_IN1K/sae.pt", site="blocks.10.resid_post"),
+    description=(
+        "saev's ReLU SAE (24,576 latents, patch tokens) on the residual stream after block 10 (layer -2) of "
+        "OpenAI CLIP ViT-B/16, trained on ImageNet-1k. Experimental: saev normalised its inputs by dataset "
+        "statistics that are not published with the file, so the explained variance here is lower"
+    ),
+    sources=(
+        "https://huggingface.co/osunlp/SAE_CLIP_24K_ViT-B-16_IN1K",
+        "https://github.com/OSU-NLP-Group/saev/blob/main/docs/src/users/inference.md",
+    ),
+)
+PRESETS: dict[str, Preset] = {p.name: p for p in (TOY, PRISMA_VIT_B32, SAEV_VIT_B16)}
 
 
 def preset(name: str) -> Preset:

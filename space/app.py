@@ -1,4 +1,4 @@
-"""Hugging Face Space entry point: the workbench on the embedded toy world, served on all interfaces."""
+"""Hugging Face Space entry point: the toy world plus the real presets, served on all interfaces."""
 
 import os
 import sys
@@ -10,4 +10,5 @@ os.environ.setdefault("GRADIO_SERVER_NAME", "0.0.0.0")
 from app import main  # noqa: E402
 
 if __name__ == "__main__":
-    main([])
+    # The toy world opens at once; the real presets load (from the hub) when chosen in the Model menu.
+    main(["--preset", "prisma-vit-b32", "--preset", "saev-vit-b16", "--default", "toy"])

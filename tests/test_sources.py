@@ -89,3 +89,21 @@ def test_a_missing_open_clip_model_fails_fast_and_says_how_to_provide_it(hub, re
     with pytest.raises(ModelUnavailableError, match=r"ViT-B-32 \(openai\).*local-dir"):
         Workbench(ModelSpec("open_clip", "ViT-B-32", "openai"), SAESpec.toy(), torch.device("cpu"))
     assert time.monotonic() - start < 10
+
+
+def test_command_line_choices_keep_their_order_and_the_default_opens_first():
+    from app import choices_from_args, parse_args
+
+    args = parse_args(["--model", "open_clip:ViT-B-32@random", "--sae", "/s@blocks.10.resid_post"])
+    choices = choices_from_args(args)
+    assert list(choices)[-1] == "toy" and next(iter(choices.values())).sae.site == "blocks.10.resid_post"
+    args = parse_args(["--preset", "prisma-vit-b32", "--preset", "saev-vit-b16", "--default", "toy"])
+    assert list(choices_from_args(args)) == ["toy", "prisma-vit-b32", "saev-vit-b16"]
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "toy"])  # a model without its SAE
+
+
+def test_presets_name_their_sources():
+    for found in (preset("prisma-vit-b32"), preset("saev-vit-b16")):
+        assert found.sources and all(url.startswith("https://") for url in found.sources)
+        assert found.sae.path.startswith("hf:") and found.model.family == "open_clip"
