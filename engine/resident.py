@@ -29,16 +29,7 @@ from engine import zeroshot
 from engine.backends import load_backend
 from engine.registry import local_model_paths
 from engine.sae import SAEFormatError
-
-try:  # TEMPORARY until engine.sae_formats lands
-    from engine.sae_formats import load_sae
-except ImportError:
-    from engine.sae import SAE
-
-    def load_sae(path, site=None):
-        return SAE.load(path)
-
-
+from engine.sae_formats import load_sae
 from engine.sources import AllowedDirs, resolve_sae_source
 from engine.specs import ModelSpec, SAESpec
 
