@@ -61,11 +61,12 @@ def random_sae(d_in: int, d_sae: int, k: int, site: str, seed: int = 0) -> SAE:
     return sae
 
 
-def vit_b32_workbench(directory: Path, device: torch.device) -> Workbench:
+def vit_b32_workbench(directory: Path, device: torch.device, dtype: str = "float32") -> Workbench:
     site = "blocks.10.resid_post"
     random_sae(768, 24_576, 32, site).save(directory)
     allowed = AllowedDirs.default([directory])
-    return Workbench(ModelSpec("open_clip", "ViT-B-32"), SAESpec(str(directory)), device, allowed=allowed)
+    spec = ModelSpec("open_clip", "ViT-B-32")
+    return Workbench(spec, SAESpec(str(directory)), device, dtype=dtype, allowed=allowed)
 
 
 class Images:
@@ -101,7 +102,7 @@ def sweep_naive(bench: Workbench, images: Images, latent: int):
     W_dec_D = bench.sae.W_dec[latent]
 
     def run():
-        pixels = bench.backend.pixels([images()])
+        pixels = bench.pixels([images()])
         out = []
         for s in STRENGTHS:
 
@@ -110,7 +111,7 @@ def sweep_naive(bench: Workbench, images: Images, latent: int):
                 return output + (s - 1) * f_BT.unsqueeze(-1) * W_dec_D
 
             with torch.no_grad(), attached([(bench.backend.site_module(bench.site), hook)]):
-                out.append(bench.backend.encode_image(pixels) @ text_emb_LE.T)
+                out.append(bench.backend.encode_image(pixels).float() @ text_emb_LE.T)
         return out
 
     return run
@@ -125,7 +126,7 @@ def sweep_nnsight(bench: Workbench, images: Images, latent: int):
     sae, text_emb_LE = bench.sae, bench.text_embeddings(LABELS)
 
     def run():
-        pixels = bench.backend.pixels([images()])
+        pixels = bench.pixels([images()])
         out = []
         for s in STRENGTHS:
             with torch.no_grad(), visual.trace(pixels):
@@ -133,7 +134,7 @@ def sweep_nnsight(bench: Workbench, images: Images, latent: int):
                 f = sae.encode(acts)[..., latent]
                 block.output = acts + (s - 1) * f.unsqueeze(-1) * sae.W_dec[latent]
                 emb = visual.output.save()
-            out.append(emb @ text_emb_LE.T)
+            out.append(emb.float() @ text_emb_LE.T)
         return out
 
     return run
@@ -142,15 +143,15 @@ def sweep_nnsight(bench: Workbench, images: Images, latent: int):
 def sweep_ideal(bench: Workbench, images: Images, latent: int):
     """The bare minimum: one prefix forward, one SAE encode, one batched suffix pass."""
     text_emb_LE = bench.text_embeddings(LABELS)
-    strengths_N = torch.tensor(STRENGTHS).view(-1, 1, 1)
+    strengths_N = torch.tensor(STRENGTHS, dtype=bench.dtype, device=bench.device).view(-1, 1, 1)
     backend, sae = bench.backend, bench.sae
 
     def run():
         with torch.no_grad():
-            acts_1TD = backend.prefix(backend.pixels([images()]), bench.site)
+            acts_1TD = backend.prefix(bench.pixels([images()]), bench.site)
             f_T = sae.encode(acts_1TD)[0, :, latent]
             acts_NTD = acts_1TD + (strengths_N - 1) * f_T.view(1, -1, 1) * sae.W_dec[latent]
-            return backend.suffix(acts_NTD, bench.site) @ text_emb_LE.T
+            return backend.suffix(acts_NTD, bench.site).float() @ text_emb_LE.T
 
     return run
 
@@ -160,9 +161,9 @@ def forward_with_sae(bench: Workbench, images: Images):
 
     def run():
         with torch.no_grad():
-            acts = bench.backend.prefix(bench.backend.pixels([images()]), bench.site)
+            acts = bench.backend.prefix(bench.pixels([images()]), bench.site)
             bench.sae.encode(acts)
-            return bench.backend.suffix(acts, bench.site) @ text_emb_LE.T
+            return bench.backend.suffix(acts, bench.site).float() @ text_emb_LE.T
 
     return run
 
@@ -229,36 +230,46 @@ def memory_after_images(bench: Workbench, images: Images, latent: int, n: int) -
     return marks
 
 
-def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True) -> dict:
+def speed_ratios(bench: Workbench, images: Images, latent: int, repeats: int) -> dict:
+    """The interleaved ratios of the issue, for one workbench."""
+    out: dict = {}
+    ratio, t_ours, t_naive = interleaved_ratio(
+        sweep_ours(bench, images, latent), sweep_naive(bench, images, latent), repeats
+    )
+    out["sweep_speedup_vs_naive"] = round(ratio, 2)
+    out["sweep_seconds_ours"], out["sweep_seconds_naive"] = round(t_ours, 4), round(t_naive, 4)
+    ratio, _, t_nnsight = interleaved_ratio(
+        sweep_ours(bench, images, latent), sweep_nnsight(bench, images, latent), repeats
+    )
+    out["sweep_speedup_vs_nnsight"] = round(ratio, 2)
+    out["sweep_seconds_nnsight"] = round(t_nnsight, 4)
+    ratio, _, _ = interleaved_ratio(sweep_ideal(bench, images, latent), sweep_ours(bench, images, latent), repeats)
+    out["sweep_vs_ideal"] = round(ratio, 3)
+    attribute = lambda: attribution.attribute(bench, images(), LABELS)  # noqa: E731
+    ratio, _, t_attr = interleaved_ratio(forward_with_sae(bench, images), attribute, repeats)
+    out["attribution_vs_forward"] = round(ratio, 3)
+    out["attribution_seconds"] = round(t_attr, 4)
+    first, second = same_image_sweeps(bench, images, latent)
+    ratio, _, _ = interleaved_ratio(first, second, repeats)
+    out["cached_vs_first"] = round(ratio, 3)
+    return out
+
+
+def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True, dtype: str = "float32") -> dict:
     torch.set_grad_enabled(True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    result: dict = {"device": str(device), "dtype": dtype, "torch_threads": torch.get_num_threads(), "repeats": repeats}
     with tempfile.TemporaryDirectory() as tmp:
-        bench = vit_b32_workbench(Path(tmp), device)
+        bench = vit_b32_workbench(Path(tmp), device, dtype)
         images, latent = Images(224), 7
-        ratio, t_ours, t_naive = interleaved_ratio(
-            sweep_ours(bench, images, latent), sweep_naive(bench, images, latent), repeats
-        )
-        result["sweep_speedup_vs_naive"] = round(ratio, 2)
-        result["sweep_seconds_ours"], result["sweep_seconds_naive"] = round(t_ours, 4), round(t_naive, 4)
-        ratio, _, t_nnsight = interleaved_ratio(
-            sweep_ours(bench, images, latent), sweep_nnsight(bench, images, latent), repeats
-        )
-        result["sweep_speedup_vs_nnsight"] = round(ratio, 2)
-        result["sweep_seconds_nnsight"] = round(t_nnsight, 4)
-        ratio, _, _ = interleaved_ratio(sweep_ideal(bench, images, latent), sweep_ours(bench, images, latent), repeats)
-        result["sweep_vs_ideal"] = round(ratio, 3)
-        attribute = lambda: attribution.attribute(bench, images(), LABELS)  # noqa: E731
-        ratio, _, t_attr = interleaved_ratio(forward_with_sae(bench, images), attribute, repeats)
-        result["attribution_vs_forward"] = round(ratio, 3)
-        result["attribution_seconds"] = round(t_attr, 4)
-        first, second = same_image_sweeps(bench, images, latent)
-        ratio, _, _ = interleaved_ratio(first, second, repeats)
-        result["cached_vs_first"] = round(ratio, 3)
+        result.update(speed_ratios(bench, images, latent, repeats))
         marks = memory_after_images(bench, images, latent, n_memory_images)
         result["rss_mb_after_200_images"] = marks[-1]
         result["rss_mb_by_quarter"] = marks
         result["cache_mb_budget"] = bench.cache_bytes // 2**20
+        del bench
+    toy = Workbench(ModelSpec.toy(), SAESpec.toy(), device, dtype=dtype)
+    result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, repeats)
     if with_cold_start:
         result["cold_start_s"] = round(cold_start_seconds(), 2)
     return result
@@ -269,9 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--images", type=int, default=200, help="distinct images for the memory figure")
+    parser.add_argument("--dtype", default="float32", help="model and SAE precision (bfloat16/float16 on a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    result = run(args.repeats, args.images)
+    result = run(args.repeats, args.images, dtype=args.dtype)
     if args.json:
         print(json.dumps(result))
         return

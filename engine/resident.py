@@ -158,7 +158,11 @@ class Workbench:
             if missing:
                 acts_BTD = self.backend.prefix(self.pixels([images[i] for i in missing]), self.site)
                 f_BTS = self.sae.encode(acts_BTD)
-                error_BTD = acts_BTD - self.sae.decode(f_BTS)
+                error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
+                # In activation units: an SAE that normalises each token (layer_norm, constant_norm_rescale)
+                # maps latent i of token t back as f[t, i] * scale[t] * W_dec[i]; folding the scale into f
+                # keeps "x = f @ W_dec + bias + error" exact for every edit and attribution (scale = 1 otherwise).
+                f_BTS = f_BTS * self.sae.output_scale(acts_BTD)
                 for j, i in enumerate(missing):
                     self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
             for k in keys:

@@ -271,6 +271,8 @@ def _read_saelens(directory: Path) -> tuple[_Parts, str]:
         parts.W_enc_DS, parts.b_enc_S = parts.W_enc_DS * norms_S, parts.b_enc_S * norms_S
         parts.W_dec_SD = parts.W_dec_SD / norms_S[:, None]
     _site_from_hook(parts, hook, "saelens")
+    if "source_format" in cfg:  # our native file: hook_name is already our site; keep where it came from
+        parts.source_site = cfg.get("source_site", "")
     return parts, cfg.get("source_format") or "saelens"
 
 
@@ -399,8 +401,14 @@ def _read_sparsify(directory: Path) -> _Parts:
 
 
 # ----------------------------------------------------------------------------------- dictionary_learning
-_DICT_CLASSES = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
-_DICT_CLASSES += ("JumpReluAutoEncoder",)
+_DICT_CLASSES = (
+    "AutoEncoder",
+    "AutoEncoderNew",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+    "JumpReluAutoEncoder",
+)
 
 
 def _dictionary_class(state: dict, config: dict | None, path: Path) -> str:
@@ -437,7 +445,11 @@ def _read_dictionary_learning(path: Path, state: dict) -> _Parts:
     if dict_class == "AutoEncoder":  # from_pretrained(normalize_decoder=True): unit decoder columns
         norms_S = W_dec_SD.norm(dim=-1)
         if not torch.allclose(norms_S, torch.ones_like(norms_S)):
-            parts.W_dec_SD, parts.W_enc_DS, parts.b_enc_S = W_dec_SD / norms_S[:, None], W_enc_DS * norms_S, b_enc_S * norms_S
+            parts.W_dec_SD, parts.W_enc_DS, parts.b_enc_S = (
+                W_dec_SD / norms_S[:, None],
+                W_enc_DS * norms_S,
+                b_enc_S * norms_S,
+            )
     elif dict_class == "AutoEncoderTopK":
         parts.architecture, parts.k = "topk", int(_tensor(state, "k", path).item())
     elif dict_class in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
@@ -614,7 +626,9 @@ def load_sae(
 def _build(parts: _Parts, fmt: str, path: Path, site: str | None) -> SAE:
     if site is None:
         if parts.site is None:
-            raise SAEFormatError(f"{path}: cannot tell which site this {fmt} SAE reads: {parts.site_unknown_because}; {SITE_HELP}")
+            raise SAEFormatError(
+                f"{path}: cannot tell which site this {fmt} SAE reads: {parts.site_unknown_because}; {SITE_HELP}"
+            )
         site = parts.site
     elif not site:
         raise SAEFormatError(f"{path}: site must be a site name such as 'blocks.9.resid_post'")

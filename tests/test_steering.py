@@ -119,3 +119,40 @@ def test_concurrent_requests_equal_sequential_ones(bench, scene_images):
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(lambda job: steering.steer(bench, job[0], SHAPES, job[1])["after"], jobs))
     assert parallel == sequential
+
+
+def test_an_sae_that_normalises_its_input_is_steered_through_its_own_decode(tmp_path, image):
+    """For a layer_norm SAE, an edit must equal decode(f', x) + error computed by the SAE itself."""
+    from engine.bench import random_sae
+    from engine.resident import Workbench
+    from engine.sae import SAE, SAEConfig
+    from engine.sources import AllowedDirs
+    from engine.specs import ModelSpec, SAESpec
+
+    base = random_sae(96, 384, 8, "blocks.2.resid_post", seed=3)
+    config = SAEConfig(96, 384, "topk", "blocks.2.resid_post", k=8, normalize_activations="layer_norm")
+    sae = SAE(config)
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            param.copy_(getattr(base, name) + 0.01 * torch.randn_like(param))
+    sae.save(tmp_path)
+    bench = Workbench(
+        ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path])
+    )
+    (state,) = bench.site_states([image])
+    latent = int(state.f_TS.sum(0).argmax())
+    text = bench.text_embeddings(SHAPES)
+    edits = [steering.Edit((), ()), steering.Edit((latent,), (3.0,))]
+    unchanged, fast = steering.steered_logits(bench, [state], edits, text)[:, 0]
+
+    def through_decode(module, inputs, output):
+        f_BTS = bench.sae.encode(output)
+        edited_BTS = f_BTS.clone()
+        edited_BTS[..., latent] *= 3.0
+        return bench.sae.decode(edited_BTS, output) + (output - bench.sae.decode(f_BTS, output))
+
+    with torch.no_grad(), attached([(bench.backend.site_module(bench.site), through_decode)]):
+        emb = bench.backend.encode_image(bench.pixels([image]))
+    slow = zeroshot.zero_shot_logits(emb, text, bench.backend.logit_scale)[0]
+    assert (fast - unchanged).abs().max() > 0.01
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
