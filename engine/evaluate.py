@@ -17,7 +17,10 @@ among the factor's values, the other words of the caption fixed to the truth. Th
 * ``deletion_to_flip_median``: latents removed cumulatively in attribution order until the predicted value
   changes (capped at 100); the same in random order among the image's active latents and in activation order;
 * ``steering_flip_rate``: removing the top-attributed latent alone changes the predicted value;
-* ``steering_side_effect``: share of pairs whose minimal deletion set changes another factor's prediction.
+* ``steering_side_effect``: share of pairs whose minimal deletion set changes another factor's prediction;
+* ``vocabulary_label_accuracy``: for latents with a ground-truth label (AUROC >= 0.75), how often the naming
+  used for real models (engine.vocabulary: no ground truth, only the text tower) picks the true factor value
+  among all 21 values; chance is 1/21.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from engine import attribution, zeroshot
+from engine import attribution, vocabulary, zeroshot
 from engine.resident import SiteState, Workbench, load_workbench
 from engine.specs import ModelSpec, SAESpec
 from engine.toyworld import captions, train_clip, train_sae
@@ -42,14 +45,39 @@ log = logging.getLogger(__name__)
 
 LABEL_SEED, SCENE_SEED, ZERO_SHOT_SEED, RANDOM_ORDER_SEED = 90_001, 90_002, 90_003, 90_004
 DELETION_CAP = 100
+VOCABULARY_MIN_AUROC = 0.75
 FAITHFULNESS_K = 20
 
 
-def latent_labels(bench: Workbench, n_images: int) -> tuple[list[str], dict[str, float], float]:
+def latent_labels(bench: Workbench, n_images: int) -> tuple[dict, float]:
     scenes = sample_scenes(n_images, LABEL_SEED)
     acts_NTD = train_sae.site_activations(bench.backend, bench.site, render_batch(scenes))
     info = train_sae.label_latents(bench.sae, acts_NTD, [s for s, _ in scenes])
-    return info["labels"], info["concept_auroc"], train_sae.explained_variance(bench.sae, acts_NTD.flatten(0, 1))
+    return info, train_sae.explained_variance(bench.sae, acts_NTD.flatten(0, 1))
+
+
+def vocabulary_naming(bench: Workbench, info: dict, min_auroc: float = VOCABULARY_MIN_AUROC) -> dict:
+    """How often engine.vocabulary's best concept names a latent's ground-truth factor value.
+
+    The vocabulary is every factor value as a partial caption ("a red shape", "a circle"); a latent counts
+    when its ground-truth label has AUROC >= ``min_auroc``. Chance is one over the vocabulary's size."""
+    concepts = {
+        captions.caption({factor: value}): f"{factor}={value}" for factor in FACTORS for value in FACTORS[factor]
+    }
+    latents = [
+        i
+        for i, (label, score) in enumerate(zip(info["labels"], info["scores"]))
+        if label != "inactive" and score >= min_auroc
+    ]
+    named = vocabulary.name_latents(bench, latents, list(concepts), "{}", top=1)
+    exact = [concepts[named[i][0][0]] == info["labels"][i] for i in latents]
+    same_factor = [concepts[named[i][0][0]].split("=")[0] == info["labels"][i].split("=")[0] for i in latents]
+    return {
+        "accuracy": round(float(np.mean(exact)), 4),
+        "factor_accuracy": round(float(np.mean(same_factor)), 4),
+        "chance": round(1 / len(concepts), 4),
+        "latents": len(latents),
+    }
 
 
 @torch.no_grad()
@@ -126,7 +154,9 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
     start = time.time()
     tokens = train_clip.CaptionTokens(bench.backend.model.context_length)
     accuracy = train_clip.zero_shot_accuracy(bench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
-    labels_S, concept_auroc, explained = latent_labels(bench, n_label_images)
+    info, explained = latent_labels(bench, n_label_images)
+    labels_S, concept_auroc = info["labels"], info["concept_auroc"]
+    naming = vocabulary_naming(bench, info)
     log.info("labelled latents in %.0fs", time.time() - start)
 
     rng = np.random.default_rng(RANDOM_ORDER_SEED)
@@ -154,9 +184,11 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
         "deletion_to_flip_median_activation": deletion["activation"],
         "steering_flip_rate": round(float(np.mean([p["flip_top1"] for p in pairs])), 4),
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
+        "vocabulary_label_accuracy": naming["accuracy"],
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),
+            "vocabulary_naming": naming,
             "pairs_scored_for_hits": len(scored),
             "pairs_flipped_within_cap": len(flipped),
             "task_accuracy_on_pairs": round(float(np.mean([p["correct"] for p in pairs])), 4),

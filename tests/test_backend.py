@@ -50,3 +50,25 @@ def test_site_states_are_cached_by_image_content(bench, scene_images):
     first = bench.site_states([images[1]])[0]
     again = bench.site_states([images[1].copy()])[0]
     assert first is again
+
+
+def test_half_precision_workbench_agrees_with_float32(bench, scene_images):
+    from engine import attribution, steering
+    from engine.resident import Workbench
+    from engine.specs import ModelSpec, SAESpec
+
+    from .conftest import SHAPES
+
+    half = Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="bfloat16")
+    images, _ = scene_images
+    assert half.backend.model.visual.conv1.weight.dtype == torch.bfloat16
+    logits_half, logits_full = half.predict(images, SHAPES), bench.predict(images, SHAPES)
+    assert logits_half.dtype == torch.float32
+    assert torch.equal(logits_half.argmax(-1), logits_full.argmax(-1))
+    torch.testing.assert_close(logits_half, logits_full, rtol=0.05, atol=0.5)
+    result = attribution.attribute(half, images[0], SHAPES)
+    assert torch.isfinite(result.scores_S).all()
+    swept = steering.sweep(half, images[0], SHAPES, result.top(1)[0], [0.0, 1.0, 2.0])
+    assert len(swept["latent"]["logit_difference"]) == 3
+    with pytest.raises(ValueError, match="valid: float32, bfloat16, float16"):
+        Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="int8")
