@@ -201,10 +201,6 @@ class Workbench:
             acts_BTD = torch.stack([s.acts_TD for s in self.site_states(images)])
             return self.logits_from_acts(acts_BTD, self.text_embeddings(labels, template))
 
-    def latent_label(self, latent: int) -> str:
-        if self.latent_info is None:
-            return ""
-        return self.latent_info.labels[latent]
 
 
 def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:

@@ -72,3 +72,40 @@ def test_half_precision_workbench_agrees_with_float32(bench, scene_images):
     assert len(swept["latent"]["logit_difference"]) == 3
     with pytest.raises(ValueError, match="valid: float32, bfloat16, float16"):
         Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def vit_b32():
+    """open_clip's ViT-B-32 with random weights: the real architecture, built offline."""
+    from engine.backends import load_backend
+    from engine.specs import ModelSpec
+
+    torch.manual_seed(0)
+    return load_backend(ModelSpec("open_clip", "ViT-B-32"), torch.device("cpu"))
+
+
+def test_vit_b32_sites_equal_forward_intermediates_and_the_split_equals_encode_image(vit_b32, image):
+    pixels = vit_b32.pixels([image])
+    assert vit_b32.grid == (7, 7) and vit_b32.d_model == 768 and len(vit_b32.sites) == 12
+    with torch.no_grad():
+        out = vit_b32.visual.forward_intermediates(
+            pixels, indices=[6, 10], output_fmt="NLC", output_extra_tokens=True, intermediates_only=True
+        )
+        for n, index in enumerate([6, 10]):
+            ours = vit_b32.prefix(pixels, f"blocks.{index}.resid_post")
+            torch.testing.assert_close(ours[:, 1:], out["image_intermediates"][n])
+            torch.testing.assert_close(ours[:, :1], out["image_intermediates_prefix"][n])
+            split = vit_b32.suffix(ours, f"blocks.{index}.resid_post")
+            torch.testing.assert_close(split, vit_b32.encode_image(pixels), rtol=1e-4, atol=1e-4)
+
+
+def test_an_sae_for_another_width_is_refused_with_what_was_found(tmp_path):
+    from engine.bench import random_sae
+    from engine.resident import Workbench
+    from engine.sae import SAEFormatError
+    from engine.sources import AllowedDirs
+    from engine.specs import ModelSpec, SAESpec
+
+    random_sae(768, 64, 4, "blocks.2.resid_post").save(tmp_path)
+    with pytest.raises(SAEFormatError, match=r"d_in=768.*width 96 at blocks.2.resid_post"):
+        Workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path]))

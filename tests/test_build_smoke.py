@@ -5,6 +5,7 @@ import json
 import torch
 
 from engine.resident import Workbench
+from engine.sources import AllowedDirs
 from engine.specs import ModelSpec, SAESpec
 from engine.toyworld import build
 
@@ -27,6 +28,7 @@ def test_tiny_build_produces_loadable_assets(tmp_path):
         ModelSpec("open_clip", f"local-dir:{tmp_path / 'toy_clip'}", prompt_template="a {}"),
         SAESpec(str(tmp_path / "toy_sae")),
         torch.device("cpu"),
+        allowed=AllowedDirs.default([tmp_path]),
     )
     assert bench.latent_info is not None and len(bench.latent_info.labels) == bench.d_sae
     assert len(list((tmp_path / "examples").glob("*.png"))) == len(build.EXAMPLES)

@@ -10,9 +10,32 @@ token, 0 for SigLIP) and ``context_length``.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from engine.specs import ModelSpec
+
+SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.resid_post$")
+
+
+class ResidualSites:
+    """The site names every backend shares: ``blocks.{i}.resid_post``, the residual stream after vision block
+    ``i`` (0-based); a backend sets ``n_blocks``."""
+
+    n_blocks: int
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(f"blocks.{i}.resid_post" for i in range(self.n_blocks))
+
+    def block_index(self, site: str) -> int:
+        match = SITE_PATTERN.match(site)
+        if match is None or int(match.group(1)) >= self.n_blocks:
+            raise ValueError(
+                f"unknown site {site!r}; valid: blocks.0.resid_post .. blocks.{self.n_blocks - 1}.resid_post"
+            )
+        return int(match.group(1))
 
 
 class ModelUnavailableError(RuntimeError):

@@ -29,7 +29,6 @@ answer within seconds). Otherwise :class:`ModelUnavailableError` says how to pro
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -37,18 +36,17 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
 
-from engine.backends import ModelUnavailableError
+from engine.backends import ModelUnavailableError, ResidualSites
 from engine.sources import how_to_provide, hub_guard
 from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
-SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.resid_post$")
 MODEL_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
 MIN_VOCABULARY = 1000  # a real CLIP/SigLIP vocabulary has 32k-250k tokens; a stub has a handful
 PROBE_SENTENCE = "a photo of a cat."
 
 
-class HFClipBackend:
+class HFClipBackend(ResidualSites):
     def __init__(self, spec: ModelSpec, device: torch.device):
         self.spec = spec
         self.device = device
@@ -67,18 +65,6 @@ class HFClipBackend:
         if self.kind == "siglip" and not self.vision.use_head:
             raise ModelUnavailableError(f"{spec.name}: a SigLIP vision tower without its pooling head is not supported")
         _check_tokenizer(self.tokenizer, spec.name)
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return tuple(f"blocks.{i}.resid_post" for i in range(self.n_blocks))
-
-    def block_index(self, site: str) -> int:
-        match = SITE_PATTERN.match(site)
-        if match is None or int(match.group(1)) >= self.n_blocks:
-            raise ValueError(
-                f"unknown site {site!r}; valid: blocks.0.resid_post .. blocks.{self.n_blocks - 1}.resid_post"
-            )
-        return int(match.group(1))
 
     def site_module(self, site: str) -> torch.nn.Module:
         """The encoder layer whose output is the site (for hooks: VLMs and the slow references)."""

@@ -10,22 +10,20 @@ for the weights.
 from __future__ import annotations
 
 import logging
-import re
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.backends import ModelUnavailableError
+from engine.backends import ModelUnavailableError, ResidualSites
 from engine.sources import hub_guard
 from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
-SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.resid_post$")
 
 
-class OpenClipBackend:
+class OpenClipBackend(ResidualSites):
     def __init__(self, spec: ModelSpec, device: torch.device):
         self.spec = spec
         self.device = device
@@ -53,18 +51,6 @@ class OpenClipBackend:
         self.n_prefix_tokens = 1
         self.d_model = visual.transformer.width
         self.context_length = self.model.context_length
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return tuple(f"blocks.{i}.resid_post" for i in range(self.n_blocks))
-
-    def block_index(self, site: str) -> int:
-        match = SITE_PATTERN.match(site)
-        if match is None or int(match.group(1)) >= self.n_blocks:
-            raise ValueError(
-                f"unknown site {site!r}; valid: blocks.0.resid_post .. blocks.{self.n_blocks - 1}.resid_post"
-            )
-        return int(match.group(1))
 
     def site_module(self, site: str) -> torch.nn.Module:
         """The module whose output is the site (for hooks: VLMs and the slow references)."""
