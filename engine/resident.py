@@ -202,7 +202,6 @@ class Workbench:
             return self.logits_from_acts(acts_BTD, self.text_embeddings(labels, template))
 
 
-
 def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
     path = directory / LATENT_INFO_FILE
     if not path.is_file():
