@@ -27,7 +27,7 @@ from PIL import Image
 
 from engine import zeroshot
 from engine.backends import load_backend
-from engine.registry import local_model_paths
+from engine.registry import PHOTOS_DIR, local_model_paths
 from engine.sae import SAEFormatError
 from engine.sae_formats import load_sae
 from engine.sources import AllowedDirs, resolve_sae_source
@@ -135,6 +135,7 @@ class Workbench:
         self.cache_bytes = cache_mb * 2**20
         self._states: OrderedDict[str, SiteState] = OrderedDict()
         self._texts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._typical_S: torch.Tensor | None = None
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The model's own preprocessing, on the device, in the workbench's dtype."""
@@ -193,6 +194,32 @@ class Workbench:
         """Zero-shot logits (B, L), in float32 whatever the model's dtype (edits may arrive in float32)."""
         image_emb_BE = self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
         return zeroshot.zero_shot_logits(image_emb_BE, text_emb_LE, self.backend.logit_scale)
+
+    @torch.no_grad()
+    def typical_activation(self) -> torch.Tensor:
+        """(S,) each latent's typical activation: the unit of the add mode.
+
+        Shipped statistics when the SAE has them (the toy); otherwise the mean of each latent's non-zero
+        activations over the shipped photographs (a fixed reference set, so a request's result never depends on
+        what other users sent), and the median of those means for latents that never fire there.
+        """
+        if self.latent_info is not None:
+            return torch.tensor(self.latent_info.typical_activation, device=self.device)
+        with self.lock:
+            if self._typical_S is None:
+                photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
+                total_S = torch.zeros(self.d_sae, device=self.device)
+                count_S = torch.zeros(self.d_sae, device=self.device)
+                for state in self.site_states(photos):
+                    latent_K = state.f_sparse_TS.indices()[1]
+                    values_K = state.f_sparse_TS.values().float()
+                    total_S.index_add_(0, latent_K, values_K.abs())
+                    count_S.index_add_(0, latent_K, torch.ones_like(values_K))
+                seen_S = count_S > 0
+                typical_S = torch.where(seen_S, total_S / count_S.clamp(min=1), torch.zeros_like(total_S))
+                fallback = float(typical_S[seen_S].median()) if seen_S.any() else 1.0
+                self._typical_S = torch.where(seen_S, typical_S, torch.full_like(typical_S, fallback))
+            return self._typical_S
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image], labels: list[str], template: str | None = None) -> torch.Tensor:

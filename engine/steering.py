@@ -96,10 +96,8 @@ def check_edit(bench: Workbench, edit: Edit) -> None:
 
 
 def typical_activation(bench: Workbench) -> torch.Tensor:
-    """(S,) the unit of the add mode; 1.0 where an SAE ships no statistics."""
-    if bench.latent_info is None:
-        return torch.ones(bench.d_sae, device=bench.device)
-    return torch.tensor(bench.latent_info.typical_activation, device=bench.device)
+    """(S,) the unit of the add mode (see ``Workbench.typical_activation``)."""
+    return bench.typical_activation()
 
 
 @torch.no_grad()

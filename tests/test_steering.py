@@ -156,3 +156,28 @@ def test_an_sae_that_normalises_its_input_is_steered_through_its_own_decode(tmp_
     slow = zeroshot.zero_shot_logits(emb, text, bench.backend.logit_scale)[0]
     assert (fast - unchanged).abs().max() > 0.01
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_without_shipped_statistics_the_add_unit_comes_from_the_reference_photos(tmp_path, image):
+    from PIL import Image
+
+    from engine.bench import random_sae
+    from engine.registry import PHOTOS_DIR
+    from engine.resident import Workbench
+    from engine.sources import AllowedDirs
+    from engine.specs import ModelSpec, SAESpec
+
+    random_sae(96, 384, 8, "blocks.2.resid_post", seed=4).save(tmp_path)
+    bench = Workbench(
+        ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path])
+    )
+    assert bench.latent_info is None
+    typical_S = steering.typical_activation(bench)
+    assert torch.equal(typical_S, steering.typical_activation(bench)) and (typical_S > 0).all()
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
+    f_NS = torch.cat([s.f_TS for s in bench.site_states(photos)])
+    latent = int((f_NS > 0).sum(0).argmax())
+    fired_N = f_NS[:, latent][f_NS[:, latent] > 0]
+    assert float(typical_S[latent]) == pytest.approx(float(fired_N.mean()), rel=1e-5)
+    after = steering.steer(bench, image, SHAPES, steering.Edit((latent,), (2.0,), "add"))
+    assert after["before"] != after["after"]
