@@ -109,3 +109,14 @@ def test_an_sae_for_another_width_is_refused_with_what_was_found(tmp_path):
     random_sae(768, 64, 4, "blocks.2.resid_post").save(tmp_path)
     with pytest.raises(SAEFormatError, match=r"d_in=768.*width 96 at blocks.2.resid_post"):
         Workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path]))
+
+
+@pytest.mark.parametrize("which", ["toy", "vit_b32"])
+def test_text_encoding_over_trimmed_tokens_equals_open_clips_own(which, bench, request):
+    backend = bench.backend if which == "toy" else request.getfixturevalue("vit_b32")
+    prompts = ["a circle", "a large red circle in the top left on a plain background", "x", "a photo of a cat."] * 70
+    ours = backend.encode_text(prompts, chunk=100)
+    with torch.no_grad():
+        reference = torch.nn.functional.normalize(backend.model.encode_text(backend.tokenizer(prompts)), dim=-1)
+    assert ours.shape == reference.shape == (280, reference.shape[1])
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
