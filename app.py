@@ -22,8 +22,10 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from engine.backends import ModelUnavailableError  # noqa: E402
 from engine.registry import PRESETS, TOY, Preset, label_set, local_model_paths, parse_model, parse_sae, preset  # noqa: E402
 from engine.resident import DTYPES, load_workbench  # noqa: E402
+from engine.sae import SAEFormatError  # noqa: E402
 from engine.sources import HUB_PREFIX, AllowedDirs  # noqa: E402
 
 
@@ -112,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     named = [path for chosen in choices.values() for path in local_model_paths(chosen.model)]
     named += [chosen.sae.path for chosen in choices.values() if not chosen.sae.path.startswith(HUB_PREFIX)]
     allowed = AllowedDirs.default(args.allow_dir).with_paths(named)
-    app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed)
+    try:
+        app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed)
+    except (ModelUnavailableError, SAEFormatError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
     app.queue(default_concurrency_limit=1).launch(
         server_name=args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

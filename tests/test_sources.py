@@ -107,3 +107,10 @@ def test_presets_name_their_sources():
     for found in (preset("prisma-vit-b32"), preset("saev-vit-b16")):
         assert found.sources and all(url.startswith("https://") for url in found.sources)
         assert found.sae.path.startswith("hf:") and found.model.family == "open_clip"
+
+
+def test_the_command_line_reports_a_missing_sae_without_a_traceback(tmp_path):
+    from app import main
+
+    with pytest.raises(SystemExit, match=r"^error: SAE not found: .*missing_sae"):
+        main(["--model", "open_clip:ViT-B-32@random", "--sae", str(tmp_path / "missing_sae")])
