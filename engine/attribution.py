@@ -45,7 +45,7 @@ class Attribution:
 def ranked_active(scores_S: torch.Tensor, f_TS: torch.Tensor) -> list[int]:
     """Latents that fire on the image, by decreasing attribution (inactive latents score 0 by definition)."""
     order = scores_S.argsort(descending=True)
-    return order[(f_TS > 0).any(0)[order]].tolist()
+    return order[(f_TS != 0).any(0)[order]].tolist()
 
 
 def resolve_target(labels: list[str], logits_L: torch.Tensor, target: str | int | None) -> int:

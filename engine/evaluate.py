@@ -115,7 +115,7 @@ def evaluate_pair(bench, state: SiteState, scene: Scene, factor: str, labels_S: 
     actual_K = attribution.ablation_effects(bench, state, text_emb_LE, top, target, "logit_difference")
     out["spearman"] = attribution.spearman(scores_S[top], actual_K)
 
-    active = (state.f_TS > 0).any(0).nonzero().flatten().tolist()
+    active = (state.f_TS != 0).any(0).nonzero().flatten().tolist()
     activation_S = state.f_TS.sum(0)
     orders = {
         "attribution": ranked[:DELETION_CAP],

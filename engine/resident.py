@@ -240,7 +240,9 @@ def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
     return info
 
 
-@functools.cache
+_load_lock = threading.Lock()
+
+
 def load_workbench(
     model_spec: ModelSpec,
     sae_spec: SAESpec,
@@ -249,5 +251,12 @@ def load_workbench(
     dtype: str = "float32",
     allowed: AllowedDirs | None = None,
 ) -> Workbench:
-    """The resident workbench for these specs (loaded on first use, then shared)."""
+    """The resident workbench for these specs (loaded on first use, then shared). Loads run one at a time, so
+    two requests that ask for the same new model at once get one copy, not two."""
+    with _load_lock:
+        return _cached_workbench(model_spec, sae_spec, device, cache_mb, dtype, allowed)
+
+
+@functools.cache
+def _cached_workbench(model_spec, sae_spec, device, cache_mb, dtype, allowed) -> Workbench:
     return Workbench(model_spec, sae_spec, torch.device(device) if device else None, cache_mb, dtype, allowed)

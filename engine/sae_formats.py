@@ -536,7 +536,8 @@ def _identify(path: Path) -> tuple[str, Path, Any]:
             return _identify_file(path / "ae.pt")
         if "sae.pt" in names:
             return _identify_file(path / "sae.pt")
-        torch_files = sorted(name for name in names if name.endswith((".pt", ".pth")))
+        # ViT-Prisma saves its feature-sparsity log beside the weights (n_images_N_log_feature_sparsity.pt).
+        torch_files = sorted(n for n in names if n.endswith((".pt", ".pth")) and "log_feature_sparsity" not in n)
         if len(torch_files) == 1:
             return _identify_file(path / torch_files[0])
         raise _not_recognised(path, _describe(path))

@@ -88,6 +88,8 @@ def parse_hub_source(source: str) -> tuple[str, str]:
     parts = source[len(HUB_PREFIX) :].strip("/").split("/")
     if len(parts) < 2 or not all(parts[:2]):
         raise ValueError(f"a hub source needs an owner and a repository: hf:OWNER/REPO[/PATH]; got {source!r}")
+    if any(part in ("..", ".") for part in parts):
+        raise ValueError(f"a hub source may not contain '.' or '..' segments; got {source!r}")
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 

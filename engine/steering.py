@@ -3,7 +3,10 @@
 An edit changes latent codes and adds the *difference* to the model's own activation at the site:
 
     scale mode:  f_i' = s_i * f_i          x' = x + sum_i (s_i - 1) * f_i * W_dec[i]
-    add mode:    f_i' = f_i + a_i * u_i    x' = x + sum_i a_i * u_i * W_dec[i]     (at chosen patches)
+    add mode:    f_i' = f_i + a_i * u_i    x' = x + sum_i a_i * u_i * W_dec[i]
+
+at every token, or at chosen patches only (after the last block, patches cannot reach the embedding: only
+the class token is pooled).
 
 ``s = 0`` removes the concept, ``s = 1`` is exactly no edit, ``s > 1`` amplifies and ``s < 0`` inverts. ``u_i`` is
 the latent's typical activation, so ``a = 1`` adds the concept as strongly as it usually appears: the add mode
@@ -51,11 +54,11 @@ class Edit:
 
 
 def token_mask(n_tokens: int, n_prefix_tokens: int, patches: tuple[int, ...] | None, mode: str) -> torch.Tensor:
-    """(T,) float mask of the tokens an edit touches: every token in scale mode, the patch tokens in add mode,
-    or the chosen patches."""
+    """(T,) float mask of the tokens an edit touches: every token (the class token included: after a late
+    block it is all that the pooling reads), or only the chosen patches."""
     mask_T = torch.zeros(n_tokens)
     if patches is None:
-        mask_T[n_prefix_tokens if mode == "add" else 0 :] = 1.0
+        mask_T[:] = 1.0
         return mask_T
     n_patches = n_tokens - n_prefix_tokens
     bad = [p for p in patches if not 0 <= p < n_patches]
@@ -86,7 +89,7 @@ def edit_delta(
     if edit.mode == "scale":
         coeff_TK = f_TS[:, latents] * (strengths_K - 1)
     else:
-        coeff_TK = (strengths_K * typical_S[latents]).expand(n_tokens, -1)
+        coeff_TK = (strengths_K * typical_S[latents].to(W_dec_SD)).expand(n_tokens, -1)
     return (coeff_TK * mask_T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD)
 
 

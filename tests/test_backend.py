@@ -70,6 +70,9 @@ def test_half_precision_workbench_agrees_with_float32(bench, scene_images):
     assert torch.isfinite(result.scores_S).all()
     swept = steering.sweep(half, images[0], SHAPES, result.top(1)[0], [0.0, 1.0, 2.0])
     assert len(swept["latent"]["logit_difference"]) == 3
+    added = steering.steer(half, images[0], SHAPES, steering.Edit((result.top(1)[0],), (2.0,), "add"))
+    assert added["before"] != added["after"]
+    assert half.backend.logit_scale == bench.backend.logit_scale  # read before the cast: not rounded
     with pytest.raises(ValueError, match="valid: float32, bfloat16, float16"):
         Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="int8")
 

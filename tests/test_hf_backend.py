@@ -218,4 +218,4 @@ def test_add_mode_patches_skip_the_prefix_tokens(workbench, images):
     assert (delta.abs().sum(-1) > 0).nonzero().flatten().tolist() == [n_prefix, n_prefix + 7]
     everywhere = steering.Edit((3,), (2.0,), mode="add")
     delta = steering.edit_delta(state.f_TS, workbench.sae.W_dec, everywhere, torch.ones(workbench.d_sae), n_prefix)
-    assert int((delta.abs().sum(-1) > 0).sum()) == math.prod(workbench.backend.grid)
+    assert int((delta.abs().sum(-1) > 0).sum()) == n_prefix + math.prod(workbench.backend.grid)

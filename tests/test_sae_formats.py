@@ -154,3 +154,10 @@ def test_unrelated_files_say_what_was_found_and_what_is_expected(tmp_path):
 def test_old_configs_still_load():
     config = SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "architecture": "relu", "hook_name": "blocks.0.resid_post"})
     assert config.normalize_activations == "none" and config.topk_relu and config.source_format == ""
+
+
+def test_a_vit_prisma_folder_with_its_sparsity_log_still_loads(tmp_path):
+    folder = tmp_path / "prisma"
+    shutil.copytree(FIXTURES / "vit_prisma", folder)
+    shutil.copy(folder / "weights.pt", folder / "n_images_26_log_feature_sparsity.pt")
+    assert detect_format(folder) == "vit_prisma"

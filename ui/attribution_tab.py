@@ -98,7 +98,7 @@ def parse_latent_count(value) -> int:
     return k
 
 
-def latent_heatmap(ctx: ModelContext, image, latent) -> tuple[str, str]:
+def latent_heatmap(ctx: ModelContext, image, latent, template=None) -> tuple[str, str]:
     """Handler behind `heatmap`: where one latent fires on the image."""
     bench = ctx.bench
     picture = load_image(image)
@@ -106,7 +106,7 @@ def latent_heatmap(ctx: ModelContext, image, latent) -> tuple[str, str]:
     (state,) = bench.site_states([picture])
     f_T = state.f_TS[:, latent]
     map_HW = attribution.patch_map(f_T, bench.backend.grid)
-    name = ctx.latent_names([latent], None)[latent][0]
+    name = ctx.latent_names([latent], template or None)[latent][0]
     caption = f"latent {latent} ({name or 'no label'}): max over patches {float(map_HW.max()):.3f}"
     if bench.backend.n_prefix_tokens:
         caption += f", class token {float(f_T[0]):.3f}"
@@ -144,10 +144,10 @@ def build(
         ctx = app.model(model_name)
         return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
 
-    def heatmap(image, latent, model_name):
+    def heatmap(image, latent, template_text, model_name):
         if not str(latent or "").strip() or image is None:
             return None, ""
-        return latent_heatmap(app.model(model_name), image, latent)
+        return latent_heatmap(app.model(model_name), image, latent, template_text)
 
     def pick(table, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -162,5 +162,5 @@ def build(
     event.success(lambda df: df, predictions, predictions_plot, api_name=False)
     latents.select(pick, latents, selected_latent, api_name=False)
     selected_latent.change(
-        user_errors(heatmap), [image, selected_latent, model], [heat, heat_caption], api_name="heatmap"
+        user_errors(heatmap), [image, selected_latent, template, model], [heat, heat_caption], api_name="heatmap"
     )

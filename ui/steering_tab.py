@@ -56,6 +56,10 @@ def run_steer(ctx: ModelContext, image, labels_text, template, latents_text, str
         ]
     )
     summary = f"**Before:** {result['predicted_before']} → **after:** {result['predicted_after']}"
+    backend = ctx.bench.backend
+    last_block = backend.block_index(ctx.bench.site) == backend.n_blocks - 1
+    if edit.patches and last_block and backend.n_prefix_tokens:
+        summary += " · the SAE sits after the last block, where only the class token reaches the embedding: edits at patches cannot move the prediction here"
     return table, long, summary
 
 

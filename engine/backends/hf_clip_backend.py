@@ -65,6 +65,11 @@ class HFClipBackend(ResidualSites):
         if self.kind == "siglip" and not self.vision.use_head:
             raise ModelUnavailableError(f"{spec.name}: a SigLIP vision tower without its pooling head is not supported")
         _check_tokenizer(self.tokenizer, spec.name)
+        # Read once in float32: the workbench may cast the model to bfloat16 later, which would round it.
+        # SigLIP's logits are scale * cos + bias with one scalar bias shared by every label: it shifts all
+        # logits of an image equally, so softmax, argmax and logit differences are unchanged without it.
+        scale = self.model.logit_scale.exp()
+        self._logit_scale = float(scale if self.kind == "siglip" else scale.clamp(max=100))
 
     def site_module(self, site: str) -> torch.nn.Module:
         """The encoder layer whose output is the site (for hooks: VLMs and the slow references)."""
@@ -119,11 +124,7 @@ class HFClipBackend(ResidualSites):
 
     @property
     def logit_scale(self) -> float:
-        if self.kind == "siglip":
-            # SigLIP's logits are scale * cos + bias with one scalar bias shared by every label: it shifts all
-            # logits of an image equally, so softmax, argmax and logit differences are unchanged without it.
-            return float(self.model.logit_scale.exp())
-        return float(self.model.logit_scale.exp().clamp(max=100))
+        return self._logit_scale
 
 
 def _load(name: str):

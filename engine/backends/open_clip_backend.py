@@ -32,6 +32,7 @@ class OpenClipBackend(ResidualSites):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     spec.name, pretrained=spec.pretrained, device=device
                 )
+                self.tokenizer = open_clip.get_tokenizer(spec.name)  # hf-hub: names fetch theirs
             except (FileNotFoundError, OSError, RuntimeError) as error:
                 where = "the hub is not reachable from here" if offline else "it could not be fetched"
                 raise ModelUnavailableError(
@@ -41,7 +42,8 @@ class OpenClipBackend(ResidualSites):
                 ) from error
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        # Read once in float32: the workbench may cast the model to bfloat16 later, which would round it.
+        self._logit_scale = float(self.model.logit_scale.exp().clamp(max=100))
         visual = self.model.visual
         if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "transformer"):
             raise ModelUnavailableError(f"{spec.display_name}: only ViT towers with token pooling are supported")
@@ -114,4 +116,4 @@ class OpenClipBackend(ResidualSites):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().clamp(max=100))
+        return self._logit_scale
