@@ -123,3 +123,14 @@ def test_text_encoding_over_trimmed_tokens_equals_open_clips_own(which, bench, r
         reference = torch.nn.functional.normalize(backend.model.encode_text(backend.tokenizer(prompts)), dim=-1)
     assert ours.shape == reference.shape == (280, reference.shape[1])
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_first_requests_for_a_model_share_one_load():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.resident import load_workbench
+    from engine.specs import ModelSpec, SAESpec
+
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu", 77), range(4)))
+    assert all(bench is loaded[0] for bench in loaded)
