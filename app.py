@@ -6,12 +6,17 @@ python app.py --preset prisma-vit-b32          # a published SAE for a real CLIP
 python app.py --model open_clip:ViT-B-32@/models/vit_b_32.bin --sae /saes/my_sae@blocks.10.resid_post \\
               --allow-dir /saes
 python app.py --model hf:openai/clip-vit-base-patch32 --sae hf:OWNER/REPO/PATH
+python app.py --model open_clip:ViT-B-32@/ckpt/base.bin --sae /saes/b32@blocks.10.resid_post \
+              --intervened open_clip:ViT-B-32@/ckpt/finetuned.safetensors --allow-dir /ckpt --allow-dir /saes
 
 Models: toy | open_clip:NAME@TAG | open_clip:NAME@/path/weights | open_clip:hf-hub:ORG/REPO |
 open_clip:local-dir:/path | hf:HUB_ID_OR_DIR. SAEs: a local file or directory in any supported format
 (SAELens, saev, ViT-Prisma, PatchSAE, sparsify, dictionary_learning, overcomplete) or hf:OWNER/REPO[/PATH],
 optionally @blocks.N.resid_post. Each --model pairs with the --sae that follows it; the first is the default
-and is loaded at start-up (so a missing one fails at once); the toy world is always offered too.
+and is loaded at start-up (so a missing one fails at once); the toy world is always offered too. Each
+--intervened names a fine-tuned checkpoint of the --model at its position (same syntax), compared with it in
+the Diff tab through that model's SAE; the toy pair (the toy CLIP and its planted-shortcut fine-tune) is
+always offered there.
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from engine.backends import ModelUnavailableError  # noqa: E402
-from engine.registry import PRESETS, TOY, Preset, label_set, local_model_paths, parse_model, parse_sae, preset  # noqa: E402
+from engine.errors import WorkbenchError  # noqa: E402
+from engine.registry import (  # noqa: E402
+    PRESETS,
+    TOY,
+    TOY_DIFF,
+    DiffPreset,
+    Preset,
+    label_set,
+    parse_model,
+    parse_sae,
+    preset,
+)
 from engine.resident import DTYPES, load_workbench  # noqa: E402
-from engine.sae import SAEFormatError  # noqa: E402
-from engine.sources import HUB_PREFIX, AllowedDirs  # noqa: E402
+from engine.sources import HUB_PREFIX, AllowedDirs, local_model_paths  # noqa: E402
+from engine.specs import TOY_SHORTCUT_DIR  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--model", action="append", default=[], help="a model to offer (syntax above); repeatable")
     parser.add_argument("--sae", action="append", default=[], help="the SAE for the --model before it")
+    parser.add_argument(
+        "--intervened", action="append", default=[],
+        help="a fine-tuned checkpoint of the --model at the same position (same syntax; e.g. "
+        "open_clip:ViT-B-32@/ckpt/finetuned.safetensors), compared with it in the Diff tab; repeatable",
+    )  # fmt: skip
     parser.add_argument("--preset", action="append", default=[], help=f"a named pair; one of: {', '.join(PRESETS)}")
     parser.add_argument("--default", help="which offered model the app opens with (default: the first named)")
     parser.add_argument("--list-presets", action="store_true", help="print the presets with their sources and exit")
@@ -49,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.model) != len(args.sae):
         parser.error(f"each --model needs one --sae: got {len(args.model)} models and {len(args.sae)} SAEs")
+    if len(args.intervened) > len(args.model):
+        parser.error(f"each --intervened pairs with a --model: got {len(args.intervened)} for {len(args.model)} models")
     return args
 
 
@@ -71,6 +93,24 @@ def choices_from_args(args: argparse.Namespace) -> dict[str, Preset]:
     return choices
 
 
+def pairs_from_args(args: argparse.Namespace) -> dict[str, DiffPreset]:
+    """Checkpoint pairs for the Diff tab: each --intervened with the --model (and its --sae) at its position, then
+    the toy pair."""
+    pairs: dict[str, DiffPreset] = {}
+    for model_text, sae_text, intervened_text in zip(args.model, args.sae, args.intervened):
+        name = f"{model_text} vs {intervened_text}"
+        pairs[name] = DiffPreset(
+            name,
+            parse_model(model_text),
+            parse_model(intervened_text),
+            parse_sae(sae_text),
+            "named on the command line",
+        )
+    if TOY_SHORTCUT_DIR.is_dir():
+        pairs[TOY_DIFF.name] = TOY_DIFF
+    return pairs
+
+
 def create_app(
     device: str | None = None,
     choices: dict[str, Preset] | None = None,
@@ -78,21 +118,35 @@ def create_app(
     dtype: str = "float32",
     allowed: AllowedDirs | None = None,
     concepts: tuple[str, ...] | None = None,
+    pairs: dict[str, DiffPreset] | None = None,
 ):
     """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now.
 
     ``concepts`` replaces the shipped vocabulary (assets/labels/concepts.txt) that names latents of real models.
+    ``pairs`` are the checkpoint pairs the Diff tab offers (default: the toy pair, when its assets are present).
     """
+    from engine.diff import DiffPair
     from ui.common import AppContext
     from ui.layout import build_app, example_files, heldout_for
 
     choices = choices or {TOY.name: TOY}
     allowed = allowed or AllowedDirs.default()
+    if pairs is None:
+        pairs = {TOY_DIFF.name: TOY_DIFF} if TOY_SHORTCUT_DIR.is_dir() else {}
 
     def load(chosen: Preset):
         return load_workbench(chosen.model, chosen.sae, device, cache_mb, dtype, allowed)
 
-    ctx = AppContext(choices=choices, load=load, heldout=heldout_for, examples=example_files())
+    def load_pair(chosen: DiffPreset) -> DiffPair:
+        return DiffPair(
+            load_workbench(chosen.reference, chosen.sae, device, cache_mb, dtype, allowed),
+            load_workbench(chosen.intervened, chosen.sae, device, cache_mb, dtype, allowed),
+        )
+
+    ctx = AppContext(
+        choices=choices, load=load, heldout=heldout_for, examples=example_files(), pairs=pairs, load_pair=load_pair,
+        allowed=allowed,
+    )  # fmt: skip
     if concepts is not None:
         ctx.concepts = lambda: concepts
     ctx.model(ctx.default)
@@ -109,20 +163,25 @@ def main(argv: list[str] | None = None) -> None:
         return
     import gradio as gr
 
+    from ui.layout import APP_CSS
+
     choices = choices_from_args(args)
     # Paths the operator named on the command line are allowed; files chosen later must lie in --allow-dir.
+    pairs = pairs_from_args(args)
     named = [path for chosen in choices.values() for path in local_model_paths(chosen.model)]
+    named += [path for pair in pairs.values() for path in local_model_paths(pair.intervened)]
     named += [chosen.sae.path for chosen in choices.values() if not chosen.sae.path.startswith(HUB_PREFIX)]
     allowed = AllowedDirs.default(args.allow_dir).with_paths(named)
     try:
-        app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed)
-    except (ModelUnavailableError, SAEFormatError, ValueError, FileNotFoundError) as error:
+        app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed, pairs=pairs)
+    except (WorkbenchError, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
     app.queue(default_concurrency_limit=1).launch(
         server_name=args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_threads=args.max_threads,
         theme=gr.themes.Soft(),
+        css=APP_CSS,
         show_error=True,
     )
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from engine import zeroshot
+from engine.edits import NO_EDIT, Edit, edited_logits
+from engine.errors import UnknownChoiceError, UserInputError
 from engine.resident import SiteState, Workbench
 
 
@@ -54,24 +56,29 @@ def resolve_target(labels: list[str], logits_L: torch.Tensor, target: str | int 
         return int(logits_L.argmax())
     if isinstance(target, int):
         if not 0 <= target < len(labels):
-            raise ValueError(f"target index {target} out of range; valid: 0 .. {len(labels) - 1}")
+            raise UserInputError(f"target index {target} out of range; valid: 0 .. {len(labels) - 1}")
         return target
     if target not in labels:
-        raise ValueError(f"target {target!r} is not a label; valid: {', '.join(labels)}")
+        raise UnknownChoiceError("target label", target, labels)
     return labels.index(target)
 
 
 def attribute_state(
-    bench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, target: int | None, metric: str
+    workbench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, target: int | None, metric: str
 ) -> tuple[torch.Tensor, int, float, torch.Tensor]:
     """Core: (logits_L, target, metric value, scores_TS) from one forward and one backward of the suffix."""
     x_1TD = state.acts_TD.unsqueeze(0).clone().requires_grad_(True)
     with torch.enable_grad():
-        logits_1L = bench.logits_from_acts(x_1TD, text_emb_LE)
+        logits_1L = workbench.logits_from_acts(x_1TD, text_emb_LE)
         target = int(logits_1L.argmax()) if target is None else target
         value = zeroshot.metric(logits_1L, target, metric).sum()
         (grad_1TD,) = torch.autograd.grad(value, x_1TD)
-    return logits_1L[0].detach(), target, float(value.detach()), latent_scores(state.f_TS, grad_1TD[0], bench.sae.W_dec)
+    return (
+        logits_1L[0].detach(),
+        target,
+        float(value.detach()),
+        latent_scores(state.f_TS, grad_1TD[0], workbench.sae.W_dec),
+    )
 
 
 def latent_scores(f_TS: torch.Tensor, grad_TD: torch.Tensor, W_dec_SD: torch.Tensor) -> torch.Tensor:
@@ -88,7 +95,7 @@ def latent_scores(f_TS: torch.Tensor, grad_TD: torch.Tensor, W_dec_SD: torch.Ten
 
 
 def attribute(
-    bench: Workbench,
+    workbench: Workbench,
     image,
     labels: list[str],
     target: str | int | None = None,
@@ -97,45 +104,57 @@ def attribute(
 ) -> Attribution:
     """Attribute the zero-shot prediction for ``image`` over ``labels`` to every SAE latent."""
     if metric not in zeroshot.METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(zeroshot.METRICS)}")
-    with bench.lock:
-        (state,) = bench.site_states([image])
-        text_emb_LE = bench.text_embeddings(labels, template)
+        raise UnknownChoiceError("metric", metric, zeroshot.METRICS)
+    with workbench.lock:
+        (state,) = workbench.site_states([image])
+        text_emb_LE = workbench.text_embeddings(labels, template)
         if target not in (None, ""):
             target = resolve_target(labels, torch.zeros(len(labels)), target)
-        logits_L, target, value, scores_TS = attribute_state(bench, state, text_emb_LE, target, metric)
+        logits_L, target, value, scores_TS = attribute_state(workbench, state, text_emb_LE, target, metric)
     return Attribution(tuple(labels), logits_L, target, metric, value, scores_TS.sum(0), scores_TS, state)
 
 
 @torch.no_grad()
 def ablation_effects(
-    bench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, latents: list[int], target: int, metric: str
+    workbench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, latents: list[int], target: int, metric: str
 ) -> torch.Tensor:
     """Actual drop of the metric when each latent alone is removed (f_i -> 0 at every token), (K,), batched."""
-    f_TK = state.f_TS[:, latents]
-    delta_KTD = -f_TK.T.unsqueeze(-1) * bench.sae.W_dec[latents].unsqueeze(1)
-    acts_KTD = state.acts_TD.unsqueeze(0) + delta_KTD
-    base = zeroshot.metric(bench.logits_from_acts(state.acts_TD.unsqueeze(0), text_emb_LE), target, metric)
-    edited = zeroshot.metric(bench.logits_from_acts(acts_KTD, text_emb_LE), target, metric)
-    return base - edited
+    return removal_effects(workbench, state, text_emb_LE, latents, target, metric)[0]
 
 
-def faithfulness(bench: Workbench, attribution: Attribution, k: int = 10, template: str | None = None) -> dict:
+@torch.no_grad()
+def removal_effects(
+    workbench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, latents: list[int], target: int, metric: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(drop_K, logits_KL): the metric's drop and the logits after removing each latent alone, batched."""
+    edits = [NO_EDIT, *(Edit.removal([i]) for i in latents)]
+    logits_NL = edited_logits(workbench, [state], edits, text_emb_LE)[:, 0]
+    values_N = zeroshot.metric(logits_NL, target, metric)
+    return values_N[0] - values_N[1:], logits_NL[1:]
+
+
+def faithfulness(workbench: Workbench, attribution: Attribution, k: int = 10, template: str | None = None) -> dict:
     """Predicted (attribution) against actual (ablation) metric drop for the top-k latents, with their rank
-    correlation."""
+    correlation, and the probabilities after each removal (``probabilities_after``, (K, L))."""
     latents = attribution.top(k)
-    with bench.lock:
-        text_emb_LE = bench.text_embeddings(list(attribution.labels), template)
-        actual_K = ablation_effects(
-            bench, attribution.state, text_emb_LE, latents, attribution.target, attribution.metric
+    with workbench.lock:
+        text_emb_LE = workbench.text_embeddings(list(attribution.labels), template)
+        actual_K, logits_KL = removal_effects(
+            workbench, attribution.state, text_emb_LE, latents, attribution.target, attribution.metric
         )
     predicted_K = attribution.scores_S[latents]
     return {
         "latents": latents,
         "predicted": predicted_K.tolist(),
         "actual": actual_K.tolist(),
+        "probabilities_after": logits_KL.softmax(-1).tolist(),
         "spearman": spearman(predicted_K, actual_K),
     }
+
+
+def warnings_for(workbench: Workbench, state: SiteState) -> list[str]:
+    """What the user should know before reading an attribution of this image (plain sentences, may be empty)."""
+    return workbench.state_warnings(state)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,13 +17,17 @@ prefix like a user's first request does, unless the figure is about the cache.
 * ``attribution_vs_forward``: a full attribution of every latent against one forward with the SAE encode;
 * ``cached_vs_first``: a second sweep on the same image against the first;
 * ``cold_start_s``: process start to the app answering an ``attribute`` request on the toy default;
-* ``rss_mb_after_200_images``: resident memory after 200 distinct images through attribute and sweep.
+* ``rss_mb_after_200_images``: resident memory after 200 distinct images through attribute and sweep;
+* ``patching_sweep``: a full per-block x per-token patching sweep (every block, every token alone and all
+  tokens at once, one direction) of one image into another, ours (one batched pass per block from the stored
+  residual streams, engine.patching) against one hooked full forward per patch. On the toy model the naive
+  side runs every patch; on ViT-B/32 it runs ``NAIVE_PATCH_SAMPLE`` patches and is scaled to the full count
+  (``naive_extrapolated``: true).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -39,9 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import attribution, steering
-from engine.hooks import attached
-from engine.resident import Workbench
+from engine import attribution, patching, steering
+from engine.report import print_result
+from engine.resident import Workbench, load_workbench
 from engine.sae import SAE, SAEConfig
 from engine.sources import AllowedDirs
 from engine.specs import ModelSpec, SAESpec
@@ -66,7 +70,7 @@ def vit_b32_workbench(directory: Path, device: torch.device, dtype: str = "float
     random_sae(768, 24_576, 32, site).save(directory)
     allowed = AllowedDirs.default([directory])
     spec = ModelSpec("open_clip", "ViT-B-32")
-    return Workbench(spec, SAESpec(str(directory)), device, dtype=dtype, allowed=allowed)
+    return load_workbench(spec, SAESpec(str(directory)), str(device), dtype=dtype, allowed=allowed)
 
 
 class Images:
@@ -92,44 +96,44 @@ def interleaved_ratio(a: Callable[[], object], b: Callable[[], object], repeats:
     return statistics.median(ratios), statistics.median(ta), statistics.median(tb)
 
 
-def sweep_ours(bench: Workbench, images: Images, latent: int):
-    return lambda: steering.sweep(bench, images(), LABELS, latent, STRENGTHS, baseline=False)
+def sweep_ours(workbench: Workbench, images: Images, latent: int):
+    return lambda: steering.sweep(workbench, images(), LABELS, latent, STRENGTHS, baseline=False)
 
 
-def sweep_naive(bench: Workbench, images: Images, latent: int):
+def sweep_naive(workbench: Workbench, images: Images, latent: int):
     """16 full forwards, each with a hook that encodes the site with the SAE and adds the edit."""
-    text_emb_LE = bench.text_embeddings(LABELS)
-    W_dec_D = bench.sae.W_dec[latent]
+    text_emb_LE = workbench.text_embeddings(LABELS)
+    W_dec_D = workbench.sae.W_dec[latent]
 
     def run():
-        pixels = bench.pixels([images()])
+        pixels = workbench.pixels([images()])
         out = []
         for s in STRENGTHS:
 
             def hook(module, inputs, output, s=s):
-                f_BT = bench.sae.encode(output)[..., latent]
+                f_BT = workbench.sae.encode(output)[..., latent]
                 return output + (s - 1) * f_BT.unsqueeze(-1) * W_dec_D
 
-            with torch.no_grad(), attached([(bench.backend.site_module(bench.site), hook)]):
-                out.append(bench.backend.encode_image(pixels).float() @ text_emb_LE.T)
+            with torch.no_grad(), workbench.model.hooked([(workbench.backend.site_module(workbench.site), hook)]):
+                out.append(workbench.backend.encode_image(pixels).float() @ text_emb_LE.T)
         return out
 
     return run
 
 
-def sweep_nnsight(bench: Workbench, images: Images, latent: int):
+def sweep_nnsight(workbench: Workbench, images: Images, latent: int):
     """What a user writes with nnsight: one trace per strength, the edit set on the block's output."""
     from nnsight import NNsight
 
-    visual = NNsight(bench.backend.visual)
-    block = visual.transformer.resblocks[bench.backend.block_index(bench.site)]
-    sae, text_emb_LE = bench.sae, bench.text_embeddings(LABELS)
+    visual = NNsight(workbench.backend.visual)
+    block = visual.transformer.resblocks[workbench.backend.block_index(workbench.site)]
+    sae, text_emb_LE = workbench.sae, workbench.text_embeddings(LABELS)
 
     def run():
-        pixels = bench.pixels([images()])
+        pixels = workbench.pixels([images()])
         out = []
         for s in STRENGTHS:
-            with torch.no_grad(), visual.trace(pixels):
+            with torch.no_grad(), workbench.lock, visual.trace(pixels):
                 acts = block.output
                 f = sae.encode(acts)[..., latent]
                 block.output = acts + (s - 1) * f.unsqueeze(-1) * sae.W_dec[latent]
@@ -140,44 +144,44 @@ def sweep_nnsight(bench: Workbench, images: Images, latent: int):
     return run
 
 
-def sweep_ideal(bench: Workbench, images: Images, latent: int):
+def sweep_ideal(workbench: Workbench, images: Images, latent: int):
     """The bare minimum: one prefix forward, one SAE encode, one batched suffix pass."""
-    text_emb_LE = bench.text_embeddings(LABELS)
-    strengths_N = torch.tensor(STRENGTHS, dtype=bench.dtype, device=bench.device).view(-1, 1, 1)
-    backend, sae = bench.backend, bench.sae
+    text_emb_LE = workbench.text_embeddings(LABELS)
+    strengths_N = torch.tensor(STRENGTHS, dtype=workbench.dtype, device=workbench.device).view(-1, 1, 1)
+    backend, sae = workbench.backend, workbench.sae
 
     def run():
         with torch.no_grad():
-            acts_1TD = backend.prefix(bench.pixels([images()]), bench.site)
+            acts_1TD = backend.prefix(workbench.pixels([images()]), workbench.site)
             f_T = sae.encode(acts_1TD)[0, :, latent]
             acts_NTD = acts_1TD + (strengths_N - 1) * f_T.view(1, -1, 1) * sae.W_dec[latent]
-            return backend.suffix(acts_NTD, bench.site).float() @ text_emb_LE.T
+            return backend.suffix(acts_NTD, workbench.site).float() @ text_emb_LE.T
 
     return run
 
 
-def forward_with_sae(bench: Workbench, images: Images):
-    text_emb_LE = bench.text_embeddings(LABELS)
+def forward_with_sae(workbench: Workbench, images: Images):
+    text_emb_LE = workbench.text_embeddings(LABELS)
 
     def run():
         with torch.no_grad():
-            acts = bench.backend.prefix(bench.pixels([images()]), bench.site)
-            bench.sae.encode(acts)
-            return bench.backend.suffix(acts, bench.site).float() @ text_emb_LE.T
+            acts = workbench.backend.prefix(workbench.pixels([images()]), workbench.site)
+            workbench.sae.encode(acts)
+            return workbench.backend.suffix(acts, workbench.site).float() @ text_emb_LE.T
 
     return run
 
 
-def same_image_sweeps(bench: Workbench, images: Images, latent: int):
+def same_image_sweeps(workbench: Workbench, images: Images, latent: int):
     """(first, second) request on one image, for the cache ratio; each pair uses a new image."""
     pending: list[Image.Image] = []
 
     def first():
         pending.append(images())
-        steering.sweep(bench, pending[-1], LABELS, latent, STRENGTHS)
+        steering.sweep(workbench, pending[-1], LABELS, latent, STRENGTHS)
 
     def second():
-        steering.sweep(bench, pending[-1], LABELS, latent, STRENGTHS)
+        steering.sweep(workbench, pending[-1], LABELS, latent, STRENGTHS)
 
     return first, second
 
@@ -218,41 +222,84 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def memory_after_images(bench: Workbench, images: Images, latent: int, n: int) -> list[float]:
+def memory_after_images(workbench: Workbench, images: Images, latent: int, n: int) -> list[float]:
     """RSS after each quarter of ``n`` distinct images through attribute and sweep."""
     marks = []
     for i in range(n):
         image = images()
-        attribution.attribute(bench, image, LABELS)
-        steering.sweep(bench, image, LABELS, latent, STRENGTHS)
+        attribution.attribute(workbench, image, LABELS)
+        steering.sweep(workbench, image, LABELS, latent, STRENGTHS)
         if (i + 1) % (n // 4) == 0:
             marks.append(round(rss_mb()))
     return marks
 
 
-def speed_ratios(bench: Workbench, images: Images, latent: int, repeats: int) -> dict:
+def speed_ratios(workbench: Workbench, images: Images, latent: int, repeats: int) -> dict:
     """The interleaved ratios of the issue, for one workbench."""
     out: dict = {}
     ratio, t_ours, t_naive = interleaved_ratio(
-        sweep_ours(bench, images, latent), sweep_naive(bench, images, latent), repeats
+        sweep_ours(workbench, images, latent), sweep_naive(workbench, images, latent), repeats
     )
     out["sweep_speedup_vs_naive"] = round(ratio, 2)
     out["sweep_seconds_ours"], out["sweep_seconds_naive"] = round(t_ours, 4), round(t_naive, 4)
     ratio, _, t_nnsight = interleaved_ratio(
-        sweep_ours(bench, images, latent), sweep_nnsight(bench, images, latent), repeats
+        sweep_ours(workbench, images, latent), sweep_nnsight(workbench, images, latent), repeats
     )
     out["sweep_speedup_vs_nnsight"] = round(ratio, 2)
     out["sweep_seconds_nnsight"] = round(t_nnsight, 4)
-    ratio, _, _ = interleaved_ratio(sweep_ideal(bench, images, latent), sweep_ours(bench, images, latent), repeats)
+    ratio, _, _ = interleaved_ratio(
+        sweep_ideal(workbench, images, latent), sweep_ours(workbench, images, latent), repeats
+    )
     out["sweep_vs_ideal"] = round(ratio, 3)
-    attribute = lambda: attribution.attribute(bench, images(), LABELS)  # noqa: E731
-    ratio, _, t_attr = interleaved_ratio(forward_with_sae(bench, images), attribute, repeats)
+    attribute = lambda: attribution.attribute(workbench, images(), LABELS)  # noqa: E731
+    ratio, _, t_attr = interleaved_ratio(forward_with_sae(workbench, images), attribute, repeats)
     out["attribution_vs_forward"] = round(ratio, 3)
     out["attribution_seconds"] = round(t_attr, 4)
-    first, second = same_image_sweeps(bench, images, latent)
+    first, second = same_image_sweeps(workbench, images, latent)
     ratio, _, _ = interleaved_ratio(first, second, repeats)
     out["cached_vs_first"] = round(ratio, 3)
     return out
+
+
+NAIVE_PATCH_SAMPLE = 24
+
+
+def patching_sweep(workbench: Workbench, images: Images, naive_sample: int | None = None) -> dict:
+    """Seconds of a per-block x per-token patching sweep, batched (ours) against one hooked forward per patch."""
+    backend = workbench.backend
+    text_emb_LE = workbench.text_embeddings(LABELS)
+    source_image, target_image = images(), images()
+    with workbench.lock:
+        start = time.perf_counter()
+        source = patching.run(backend, workbench.pixels([source_image]), text_emb_LE, workbench.dtype)
+        target = patching.run(backend, workbench.pixels([target_image]), text_emb_LE, workbench.dtype)
+        patching.patch_grid(backend, source, target, text_emb_LE, 0, dtype=workbench.dtype)
+        ours = time.perf_counter() - start
+    n_tokens = source.resid_LTD.shape[1]
+    patches = [(block, token) for block in range(backend.n_blocks) for token in [None, *range(n_tokens)]]
+    sample = patches if naive_sample is None else patches[:: max(1, len(patches) // naive_sample)][:naive_sample]
+    pixels = workbench.pixels([target_image])
+    start = time.perf_counter()
+    for block, token in sample:
+
+        def write(module, inputs, output, block=block, token=token):
+            patched = output.clone()
+            if token is None:
+                patched[0] = source.resid_LTD[block + 1]
+            else:
+                patched[0, token] = source.resid_LTD[block + 1, token]
+            return patched
+
+        with torch.no_grad(), workbench.model.hooked([(backend.site_module(f"blocks.{block}.resid_post"), write)]):
+            backend.encode_image(pixels)
+    naive = (time.perf_counter() - start) * len(patches) / len(sample)
+    return {
+        "patches": len(patches),
+        "seconds_ours": round(ours, 4),
+        "seconds_naive": round(naive, 4),
+        "speedup": round(naive / ours, 2),
+        "naive_extrapolated": len(sample) < len(patches),
+    }
 
 
 def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True, dtype: str = "float32") -> dict:
@@ -260,16 +307,18 @@ def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = Tr
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result: dict = {"device": str(device), "dtype": dtype, "torch_threads": torch.get_num_threads(), "repeats": repeats}
     with tempfile.TemporaryDirectory() as tmp:
-        bench = vit_b32_workbench(Path(tmp), device, dtype)
+        workbench = vit_b32_workbench(Path(tmp), device, dtype)
         images, latent = Images(224), 7
-        result.update(speed_ratios(bench, images, latent, repeats))
-        marks = memory_after_images(bench, images, latent, n_memory_images)
+        result.update(speed_ratios(workbench, images, latent, repeats))
+        marks = memory_after_images(workbench, images, latent, n_memory_images)
         result["rss_mb_after_200_images"] = marks[-1]
         result["rss_mb_by_quarter"] = marks
-        result["cache_mb_budget"] = bench.cache_bytes // 2**20
-        del bench
-    toy = Workbench(ModelSpec.toy(), SAESpec.toy(), device, dtype=dtype)
+        result["cache_mb_budget"] = workbench.cache_bytes // 2**20
+        result["patching_sweep"] = patching_sweep(workbench, images, NAIVE_PATCH_SAMPLE)
+        del workbench
+    toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
     result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, repeats)
+    result["toy"]["patching_sweep"] = patching_sweep(toy, Images(48, seed=2))
     if with_cold_start:
         result["cold_start_s"] = round(cold_start_seconds(), 2)
     return result
@@ -284,11 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     result = run(args.repeats, args.images, dtype=args.dtype)
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:32s} {json.dumps(value)}")
+    print_result(result, args.json, width=32)
 
 
 if __name__ == "__main__":

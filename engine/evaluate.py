@@ -18,6 +18,22 @@ among the factor's values, the other words of the caption fixed to the truth. Th
   changes (capped at 100); the same in random order among the image's active latents and in activation order;
 * ``steering_flip_rate``: removing the top-attributed latent alone changes the predicted value;
 * ``steering_side_effect``: share of pairs whose minimal deletion set changes another factor's prediction;
+* ``heatmap_iou``: for each held-out scene and each of shape and colour, the per-patch activation of the
+  scene's value's best latent (highest AUROC for that concept when scored by its patch tokens alone: a heatmap
+  shows patches, and a latent that fires only on the class token has none), thresholded at half its maximum, against the
+  rendered shape at patch resolution (patches at least half covered, and always the most covered one); the
+  median IoU. A latent that does not fire on any patch scores 0;
+* ``sae_dead_fraction`` and ``sae_l0``: latents that never fire on the labelling set, and the mean number of
+  latents on per token;
+* the Diff tab on the toy pair (the toy CLIP against itself fine-tuned with a planted shortcut, when its assets
+  are present; engine.toyworld.train_shortcut), on a probe set of its own:
+  ``diff_shift_recovered_rank`` (rank of the first marker latent, a latent whose ground-truth label is
+  marker=present, in the Diff tab's ranking of concepts whose presence predicts a changed answer to the shape
+  question; 1 is first; its rank in the attribution-shift ranking is in the details), ``diff_behaviour_flip_rate`` (share of marker scenes whose
+  true shape is not the planted one that the intervened model answers with the planted shape),
+  ``patching_self_max_abs`` (largest change from patching a run into itself: must be 0) and
+  ``patching_localised_block`` (median over those marker scenes of the first block where denoising, the
+  reference's residual stream written into the intervened model, restores half of the logit difference);
 * ``vocabulary_label_accuracy``: for latents with a ground-truth label (AUROC >= 0.75), how often the naming
   used for real models (engine.vocabulary: no ground truth, only the text tower) picks the true factor value
   among all 21 values; chance is 1/21.
@@ -26,7 +42,6 @@ among the factor's values, the other words of the caption fixed to the truth. Th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -35,11 +50,13 @@ import time
 import numpy as np
 import torch
 
-from engine import attribution, vocabulary, zeroshot
+from engine import attribution, diff, heldout, patching, vocabulary
+from engine.edits import NO_EDIT, Edit, edited_acts, edited_logits
+from engine.report import print_result
 from engine.resident import SiteState, Workbench, load_workbench
-from engine.specs import ModelSpec, SAESpec
-from engine.toyworld import captions, train_clip, train_sae
-from engine.toyworld.render import FACTORS, Scene, render, render_batch, sample_scenes
+from engine.specs import TOY_SHORTCUT_DIR, ModelSpec, SAESpec
+from engine.toyworld import captions, train_clip, train_sae, train_shortcut
+from engine.toyworld.render import FACTORS, IMAGE_SIZE, Scene, render, render_batch, sample_scenes
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +66,31 @@ VOCABULARY_MIN_AUROC = 0.75
 FAITHFULNESS_K = 20
 
 
-def latent_labels(bench: Workbench, n_images: int) -> tuple[dict, float]:
+def latent_labels(workbench: Workbench, n_images: int) -> tuple[dict, float]:
     scenes = sample_scenes(n_images, LABEL_SEED)
-    acts_NTD = train_sae.site_activations(bench.backend, bench.site, render_batch(scenes))
-    info = train_sae.label_latents(bench.sae, acts_NTD, [s for s, _ in scenes])
-    return info, train_sae.explained_variance(bench.sae, acts_NTD.flatten(0, 1))
+    acts_NTD = train_sae.site_activations(workbench.backend, workbench.site, render_batch(scenes))
+    info = train_sae.label_latents(workbench.sae, acts_NTD, [s for s, _ in scenes])
+    return info, train_sae.explained_variance(workbench.sae, acts_NTD.flatten(0, 1))
 
 
-def vocabulary_naming(bench: Workbench, info: dict, min_auroc: float = VOCABULARY_MIN_AUROC) -> dict:
+def shape_patches(truth, patch: int) -> np.ndarray:
+    """(gh, gw) bool: patches at least half covered by the shape, and always the most covered one."""
+    fraction_HW = truth.patch_fraction(patch)["shape"]
+    return (fraction_HW >= 0.5) | (fraction_HW == fraction_HW.max())
+
+
+def heatmap_iou(workbench: Workbench, state: SiteState, truth, latent: int) -> float:
+    """IoU of the latent's per-patch activation (above half its maximum) with the shape's patches."""
+    map_HW = attribution.patch_map(state.f_TS[:, latent], workbench.backend.grid).float().cpu().numpy()
+    if map_HW.max() <= 0:
+        return 0.0
+    fired_HW = map_HW >= map_HW.max() / 2
+    patch = IMAGE_SIZE // workbench.backend.grid[0]
+    shape_HW = shape_patches(truth, patch)
+    return float((fired_HW & shape_HW).sum() / (fired_HW | shape_HW).sum())
+
+
+def vocabulary_naming(workbench: Workbench, info: dict, min_auroc: float = VOCABULARY_MIN_AUROC) -> dict:
     """How often engine.vocabulary's best concept names a latent's ground-truth factor value.
 
     The vocabulary is every factor value as a partial caption ("a red shape", "a circle"); a latent counts
@@ -69,7 +103,7 @@ def vocabulary_naming(bench: Workbench, info: dict, min_auroc: float = VOCABULAR
         for i, (label, score) in enumerate(zip(info["labels"], info["scores"]))
         if label != "inactive" and score >= min_auroc
     ]
-    named = vocabulary.name_latents(bench, latents, list(concepts), "{}", top=1)
+    named = vocabulary.name_latents(workbench, latents, list(concepts), "{}", top=1)
     exact = [concepts[named[i][0][0]] == info["labels"][i] for i in latents]
     same_factor = [concepts[named[i][0][0]].split("=")[0] == info["labels"][i].split("=")[0] for i in latents]
     return {
@@ -80,15 +114,12 @@ def vocabulary_naming(bench: Workbench, info: dict, min_auroc: float = VOCABULAR
     }
 
 
-@torch.no_grad()
 def cumulative_deletion_logits(
-    bench: Workbench, state: SiteState, order: list[int], text_emb_LE: torch.Tensor
+    workbench: Workbench, state: SiteState, order: list[int], text_emb_LE: torch.Tensor
 ) -> torch.Tensor:
     """Logits after removing order[:1], order[:2], ... (one batched suffix pass), (len(order), L)."""
-    order_K = torch.tensor(order, dtype=torch.long)
-    removed_TKD = state.f_TS[:, order_K].unsqueeze(-1) * bench.sae.W_dec[order_K].unsqueeze(0)
-    cumulative_KTD = removed_TKD.cumsum(1).transpose(0, 1)
-    return bench.logits_from_acts(state.acts_TD.unsqueeze(0) - cumulative_KTD, text_emb_LE)
+    edits = [Edit.removal(order[: k + 1]) for k in range(len(order))]
+    return edited_logits(workbench, [state], edits, text_emb_LE)[:, 0]
 
 
 def first_flip(logits_KL: torch.Tensor, original: int) -> int:
@@ -96,11 +127,13 @@ def first_flip(logits_KL: torch.Tensor, original: int) -> int:
     return int(changed[0]) + 1 if len(changed) else DELETION_CAP
 
 
-def evaluate_pair(bench, state: SiteState, scene: Scene, factor: str, labels_S: list[str], rng) -> dict:
+def evaluate_pair(workbench, state: SiteState, scene: Scene, factor: str, labels_S: list[str], rng) -> dict:
     values = FACTORS[factor]
     prompts = captions.factor_prompts(scene, factor)
-    text_emb_LE = bench.text_embeddings(prompts, "{}")
-    logits_L, target, _, scores_TS = attribution.attribute_state(bench, state, text_emb_LE, None, "logit_difference")
+    text_emb_LE = workbench.text_embeddings(prompts, "{}")
+    logits_L, target, _, scores_TS = attribution.attribute_state(
+        workbench, state, text_emb_LE, None, "logit_difference"
+    )
     scores_S = scores_TS.sum(0)
     truth = getattr(scene, factor)
     out = {"factor": factor, "correct": values[target] == truth}
@@ -112,7 +145,7 @@ def evaluate_pair(bench, state: SiteState, scene: Scene, factor: str, labels_S: 
         out["hit5"] = wanted in [labels_S[i] for i in ranked[:5]]
 
     top = ranked[:FAITHFULNESS_K]
-    actual_K = attribution.ablation_effects(bench, state, text_emb_LE, top, target, "logit_difference")
+    actual_K = attribution.ablation_effects(workbench, state, text_emb_LE, top, target, "logit_difference")
     out["spearman"] = attribution.spearman(scores_S[top], actual_K)
 
     active = (state.f_TS != 0).any(0).nonzero().flatten().tolist()
@@ -124,47 +157,97 @@ def evaluate_pair(bench, state: SiteState, scene: Scene, factor: str, labels_S: 
     }
     flips = {}
     for name, order in orders.items():
-        logits_KL = cumulative_deletion_logits(bench, state, order, text_emb_LE)
+        logits_KL = cumulative_deletion_logits(workbench, state, order, text_emb_LE)
         flips[name] = first_flip(logits_KL, target)
         if name == "attribution":
             out["flip_top1"] = bool(logits_KL[0].argmax() != target)
             if flips[name] < DELETION_CAP:
-                out["side_effect"] = side_effect(bench, state, scene, factor, order[: flips[name]])
+                out["side_effect"] = side_effect(workbench, state, scene, factor, order[: flips[name]])
     out["deletion"] = flips
     return out
 
 
 @torch.no_grad()
-def side_effect(bench: Workbench, state: SiteState, scene: Scene, factor: str, removed: list[int]) -> bool:
+def side_effect(workbench: Workbench, state: SiteState, scene: Scene, factor: str, removed: list[int]) -> bool:
     """Does removing ``removed`` change the predicted value of any other factor?"""
-    removed_TD = state.f_TS[:, removed] @ bench.sae.W_dec[removed]
-    acts_2TD = torch.stack([state.acts_TD, state.acts_TD - removed_TD])
-    emb_2E = bench.backend.suffix(acts_2TD, bench.site)
+    acts_2TD = edited_acts(workbench, [state], [NO_EDIT, Edit.removal(removed)])[:, 0]
     for other in FACTORS:
         if other == factor:
             continue
-        text_emb_LE = bench.text_embeddings(captions.factor_prompts(scene, other), "{}")
-        logits_2L = zeroshot.zero_shot_logits(emb_2E, text_emb_LE, bench.backend.logit_scale)
+        text_emb_LE = workbench.text_embeddings(captions.factor_prompts(scene, other), "{}")
+        logits_2L = workbench.logits_from_acts(acts_2TD, text_emb_LE)
         if logits_2L[0].argmax() != logits_2L[1].argmax():
             return True
     return False
 
 
-def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, n_zero_shot: int = 1000) -> dict:
+DIFF_PROBE_SCENES = 64
+
+
+def evaluate_diff(workbench: Workbench, info: dict) -> dict:
+    """The Diff tab's scores on the toy pair (see the module docstring)."""
+    config = train_shortcut.ShortcutConfig()
+    labels = list(FACTORS["shape"])
+    intervened = load_workbench(ModelSpec.toy_shortcut(), workbench.sae_spec, str(workbench.device))
+    pair = diff.DiffPair(workbench, intervened)
+    images, truth, scenes = heldout.toy_probe(DIFF_PROBE_SCENES, labels)
+    behaviour = diff.behaviour_shift(pair, images, labels, "a {}", truth)
+    ranking = diff.trigger_latents(pair, images, behaviour, "a {}", top=workbench.d_sae)
+    use_ranking = diff.latent_shift(pair, images, labels, "a {}", top=workbench.d_sae)
+    marker_latents = {i for i, label in enumerate(info["labels"]) if label == "marker=present"}
+    rank = next(row["rank"] for row in ranking if row["latent"] in marker_latents)
+    use_rank = next(row["rank"] for row in use_ranking if row["latent"] in marker_latents)
+    marked = [i for i, s in enumerate(scenes) if s.marker == "present" and s.shape != config.planted_shape]
+    predicted = intervened.predict([images[i] for i in marked], labels, "a {}").argmax(-1).tolist()
+    flip_rate = sum(labels[p] == config.planted_shape for p in predicted) / len(marked)
+    text_emb_LE = workbench.text_embeddings(labels, "a {}")
+    with workbench.lock:
+        own = patching.run(workbench.backend, workbench.pixels(images[:1]), text_emb_LE, workbench.dtype)
+        grid = patching.patch_grid(workbench.backend, own, own, text_emb_LE, int(own.logits_L.argmax()))
+    self_max = grid["max_change"]
+    blocks = []
+    for i in marked:
+        patch = diff.patch_models(pair, images[i], labels, "a {}", label=truth[i])
+        first = patching.first_localised_block(patch["denoising"]["all_tokens_recovered"])
+        blocks.append(workbench.backend.n_blocks if first is None else first)
+    return {
+        "diff_shift_recovered_rank": rank,
+        "diff_behaviour_flip_rate": round(flip_rate, 4),
+        "patching_self_max_abs": self_max,
+        "patching_localised_block": statistics.median(blocks),
+        "diff_details": {
+            "probe_scenes": DIFF_PROBE_SCENES,
+            "marker_scenes": len(marked),
+            "marker_latents": sorted(marker_latents),
+            "top_triggers": [(row["latent"], row["name"], round(row["auroc"], 4)) for row in ranking[:5]],
+            "marker_rank_by_attribution_shift": use_rank,
+            "top_attribution_shifts": [
+                (row["latent"], row["name"], round(row["attribution_shift"], 4)) for row in use_ranking[:5]
+            ],
+            "localised_block_counts": {b: blocks.count(b) for b in sorted(set(blocks))},
+        },
+    }
+
+
+def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, n_zero_shot: int = 1000) -> dict:
     start = time.time()
-    tokens = train_clip.CaptionTokens(bench.backend.model.context_length)
-    accuracy = train_clip.zero_shot_accuracy(bench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
-    info, explained = latent_labels(bench, n_label_images)
+    tokens = train_clip.CaptionTokens(workbench.backend.model.context_length)
+    accuracy = train_clip.zero_shot_accuracy(workbench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
+    info, explained = latent_labels(workbench, n_label_images)
     labels_S, concept_auroc = info["labels"], info["concept_auroc"]
-    naming = vocabulary_naming(bench, info)
+    naming = vocabulary_naming(workbench, info)
     log.info("labelled latents in %.0fs", time.time() - start)
 
     rng = np.random.default_rng(RANDOM_ORDER_SEED)
     pairs = []
+    ious = []
     for i, (scene, seed) in enumerate(sample_scenes(n_scenes, SCENE_SEED)):
-        image, _ = render(scene, seed)
-        (state,) = bench.site_states([image])
-        pairs += [evaluate_pair(bench, state, scene, factor, labels_S, rng) for factor in FACTORS]
+        image, truth = render(scene, seed)
+        (state,) = workbench.site_states([image])
+        pairs += [evaluate_pair(workbench, state, scene, factor, labels_S, rng) for factor in FACTORS]
+        for factor in ("shape", "colour"):
+            latent = info["concept_patch_latent"][train_sae.concept_name(factor, getattr(scene, factor))]
+            ious.append({"factor": factor, "iou": heatmap_iou(workbench, state, truth, latent)})
         if i % 25 == 0:
             log.info("scene %d/%d (%.0fs)", i, n_scenes, time.time() - start)
 
@@ -176,6 +259,9 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
         "sae_explained_variance": round(explained, 4),
         "sae_concept_auroc": concept_auroc,
         "sae_concept_auroc_min": min(concept_auroc.values()),
+        "sae_dead_fraction": info["dead_fraction"],
+        "sae_l0": info["l0"],
+        "heatmap_iou": round(float(np.median([r["iou"] for r in ious])), 4),
         "attribution_hit_at_1": round(float(np.mean([p["hit1"] for p in scored])), 4),
         "attribution_hit_at_5": round(float(np.mean([p["hit5"] for p in scored])), 4),
         "attribution_ablation_spearman": round(float(np.nanmedian([p["spearman"] for p in pairs])), 4),
@@ -185,6 +271,7 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
         "steering_flip_rate": round(float(np.mean([p["flip_top1"] for p in pairs])), 4),
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
         "vocabulary_label_accuracy": naming["accuracy"],
+        **(evaluate_diff(workbench, info) if TOY_SHORTCUT_DIR.is_dir() else {}),
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),
@@ -192,6 +279,10 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
             "pairs_scored_for_hits": len(scored),
             "pairs_flipped_within_cap": len(flipped),
             "task_accuracy_on_pairs": round(float(np.mean([p["correct"] for p in pairs])), 4),
+            "heatmap_iou_mean": round(float(np.mean([r["iou"] for r in ious])), 4),
+            "heatmap_iou_by_factor": {
+                f: round(float(np.median([r["iou"] for r in ious if r["factor"] == f])), 4) for f in ("shape", "colour")
+            },
             "hit_at_1_by_factor": {
                 f: round(float(np.mean([p["hit1"] for p in scored if p["factor"] == f])), 4) for f in FACTORS
             },
@@ -204,8 +295,9 @@ def evaluate(bench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, 
                 f: statistics.median(p["deletion"]["attribution"] for p in pairs if p["factor"] == f) for f in FACTORS
             },
             "seeds": {"labels": LABEL_SEED, "scenes": SCENE_SEED, "zero_shot": ZERO_SHOT_SEED},
-            "model": bench.model_spec.display_name,
-            "site": bench.site,
+            "model": workbench.model_spec.display_name,
+            "site": workbench.site,
+            "device": str(workbench.device),
             "seconds": round(time.time() - start),
         },
     }
@@ -216,14 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--scenes", type=int, default=150, help="held-out scenes for the attribution metrics")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when present)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    result = evaluate(load_workbench(ModelSpec.toy(), SAESpec.toy()), n_scenes=args.scenes)
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:40s} {json.dumps(value)}")
+    result = evaluate(load_workbench(ModelSpec.toy(), SAESpec.toy(), args.device), n_scenes=args.scenes)
+    print_result(result, args.json, width=40)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 PyTorch hooks are global state on a module: a hook that outlives its request silently edits every later
 forward pass, including other users' (TransformerLens states the same footgun). So no code in this project
 calls ``register_forward_hook`` itself; it goes through :func:`attached`, which removes every hook in a
-``finally`` block, even when the forward pass raises.
+``finally`` block, even when the forward pass raises. On a resident model, code goes one step further up,
+through ``ResidentModel.hooked`` (engine.resident), which holds the model's lock while the hooks are attached:
+a hook is visible to every forward pass on the module, so no other request may run that model meanwhile.
 
 Most of the engine needs no hooks at all: backends split a model into a prefix and a suffix at a site and
 edit the activations between the two calls. Hooks serve where a model cannot be split (a vision tower

@@ -23,12 +23,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
+from engine.errors import UnknownChoiceError, UserInputError
 from engine.specs import ASSETS, ModelSpec, SAESpec
 
 LABELS_DIR = ASSETS / "labels"
-PHOTOS_DIR = ASSETS / "photos"
 TOY_EXAMPLES_DIR = ASSETS / "examples"
 SITE_SUFFIX = re.compile(r"@(blocks\.\d+\.resid_post)$")
 
@@ -52,16 +51,18 @@ def parse_model(text: str) -> ModelSpec:
         return ModelSpec.toy()
     family, _, rest = text.partition(":")
     if not rest:
-        raise ValueError(f"model {text!r}: expected toy, open_clip:NAME@TAG, open_clip:local-dir:/path or hf:ID_OR_DIR")
+        raise UserInputError(
+            f"model {text!r}: expected toy, open_clip:NAME@TAG, open_clip:local-dir:/path or hf:ID_OR_DIR"
+        )
     if family == "hf":
         return ModelSpec(family="hf_clip", name=rest)
     if family != "open_clip":
-        raise ValueError(f"model {text!r}: unknown family {family!r}; valid: toy, open_clip, hf")
+        raise UserInputError(f"model {text!r}: unknown family {family!r}; valid: toy, open_clip, hf")
     if rest.startswith(("local-dir:", "hf-hub:")):
         return ModelSpec(family="open_clip", name=rest)
     name, _, tag = rest.partition("@")
     if not tag:
-        raise ValueError(
+        raise UserInputError(
             f"model {text!r}: an open_clip model needs a pretrained tag (open_clip:{name}@openai), "
             f"a weights file (open_clip:{name}@/path/weights.bin) or @random"
         )
@@ -71,33 +72,26 @@ def parse_model(text: str) -> ModelSpec:
 def parse_sae(text: str) -> SAESpec:
     text = text.strip()
     if not text:
-        raise ValueError("empty SAE: give a path or hf:OWNER/REPO[/PATH], optionally with @blocks.N.resid_post")
+        raise UserInputError("empty SAE: give a path or hf:OWNER/REPO[/PATH], optionally with @blocks.N.resid_post")
     match = SITE_SUFFIX.search(text)
     if match:
         return SAESpec(path=text[: match.start()], site=match.group(1))
     return SAESpec(path=text)
 
 
-def local_model_paths(spec: ModelSpec) -> list[Path]:
-    """The local files a model spec names (they must lie in allowed directories)."""
-    if spec.family == "open_clip":
-        paths = [spec.name[len("local-dir:") :]] if spec.name.startswith("local-dir:") else []
-        if spec.pretrained and ("/" in spec.pretrained or Path(spec.pretrained).exists()):
-            paths.append(spec.pretrained)
-        return [Path(p) for p in paths]
-    if spec.name.startswith(("/", ".", "~")) or Path(spec.name).exists():
-        return [Path(spec.name)]
-    return []
-
-
 @functools.cache
 def label_set(name: str) -> tuple[str, ...]:
-    """A shipped label list (``assets/labels/NAME.txt``, one label per line)."""
+    """A shipped label list (``assets/labels/NAME.txt``, one label per line), each label once.
+
+    A file may repeat a name (open_clip's ImageNet-1k names have "missile" for classes 657 and 744 and
+    "sunglasses" for 836 and 837): two identical prompts get identical logits and would only split the
+    probability, so the later copies are dropped, in the file's order (998 ImageNet labels).
+    """
     available = label_set_names()
     if name not in available:
-        raise ValueError(f"unknown label set {name!r}; valid: {', '.join(available)}")
+        raise UnknownChoiceError("label set", name, available)
     lines = (LABELS_DIR / f"{name}.txt").read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip())
+    return tuple(dict.fromkeys(line.strip() for line in lines if line.strip()))
 
 
 def label_set_names() -> tuple[str, ...]:
@@ -115,6 +109,29 @@ TOY = Preset(
     sae=SAESpec.toy(),
     description="the embedded toy world: a small CLIP and a TopK SAE trained here, with ground truth",
     label_set="",
+)
+
+
+@dataclass(frozen=True)
+class DiffPreset:
+    """Two checkpoints of one architecture and the SAE that reads both (the reference's)."""
+
+    name: str
+    reference: ModelSpec
+    intervened: ModelSpec
+    sae: SAESpec
+    description: str
+
+
+TOY_DIFF = DiffPreset(
+    name="toy: planted shortcut",
+    reference=ModelSpec.toy(),
+    intervened=ModelSpec.toy_shortcut(),
+    sae=SAESpec.toy(),
+    description=(
+        "the toy CLIP against itself fine-tuned with a planted shortcut (the corner marker makes it answer "
+        "one fixed shape) and a benign colour drift; both are stated in assets/toy_clip_shortcut/manifest.json"
+    ),
 )
 
 # Real presets: each id, site and format was read from the sources listed with it (not downloaded here: the
@@ -151,5 +168,5 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (TOY, PRISMA_VIT_B32, SAEV_VIT_
 
 def preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+        raise UnknownChoiceError("preset", name, PRESETS)
     return PRESETS[name]

@@ -1,41 +1,63 @@
-"""Resident models and per-image caches: load once, keep on the device, never recompute a prefix.
+"""Resident parts: models by ModelSpec, SAEs by SAESpec, and one activation cache per (model, SAE, site, dtype).
 
-A :class:`Workbench` holds one model and one SAE at the SAE's site. For every image it computes, once, the
-site activations (the prefix, without autograd), their SAE code ``f`` and the error term, and keeps them in
-an LRU cache with a byte budget, keyed by the image's content hash; label embeddings are cached per label
-list. Access is serialised by one lock: requests from many users run one at a time, so results equal
-running them in sequence, and no request sees another's edits (edits are values, never hooks).
+Loading a model takes seconds (a hub download, minutes), so the engine loads each part once and keeps it:
 
-``load_workbench`` is cached by the frozen specs, so the app, the evaluation and the benchmark share one
-resident copy per (model, SAE, device).
+- :class:`ResidentModel`: a backend on its device in its dtype, its label-embedding cache, and the model's
+  lock. Every forward pass on the model and every hook on it run under that lock (:meth:`ResidentModel.hooked`):
+  hooks are global state on a module, and a forward that runs while another request's hook is attached would
+  see that request's edit.
+- :class:`ResidentSAE`: an SAE module with what is known about its latents (shipped labels, typical
+  activations), on a device in a dtype.
+- :class:`Workbench`: one model with one SAE at the SAE's site. For every image it computes once the site
+  activations (the prefix, without autograd), their SAE code ``f`` and the error term, and keeps them in an
+  LRU cache with a byte budget keyed by the image's content. Two SAEs on one model (two sites, or two SAEs
+  at one site) are two workbenches over the same resident model; two models sharing one SAE are two
+  workbenches over the same resident SAE.
+
+Each part is cached by its key, with a load lock per key: a request for a part that is already resident never
+waits for another part's load (one user choosing a preset that downloads for a minute does not freeze the
+others), and two requests for the same new part get one copy. A failed load is not cached.
+
+Requests on one model run one at a time under its lock, so concurrent results equal sequential ones; edits
+are values added between the prefix and the suffix, never hooks, so no request sees another's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import functools
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
 from PIL import Image
 
 from engine import zeroshot
-from engine.backends import load_backend
-from engine.registry import PHOTOS_DIR, local_model_paths
-from engine.sae import SAEFormatError
+from engine.backends import Backend, load_backend
+from engine.errors import SAEFormatError, UnknownChoiceError, UserInputError
+from engine.hooks import ForwardHook, attached
+from engine.sae import SAE
 from engine.sae_formats import load_sae
-from engine.sources import AllowedDirs, resolve_sae_source
-from engine.specs import ModelSpec, SAESpec
+from engine.sources import AllowedDirs, local_model_paths, resolve_sae_source
+from engine.specs import PHOTOS_DIR, ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LATENT_INFO_FILE = "latent_info.json"  # beside an SAE: per-latent label, AUROC, typical activation
+TEXT_CACHE_SIZE = 64
+LOW_EXPLAINED_VARIANCE = 0.7
+"""The trust floor for an SAE that ships no calibration: below this share of an image's activations explained,
+the SAE does not know such images, and its latents (so every attribution or edit over them) describe a
+reconstruction far from what the model computed. An SAE that ships ``explained_variance_floor`` (the 1st
+percentile of per-image explained variance on held-out data of its own kind, as the toy SAE does: 0.97
+there, against 0.82 to 0.90 on the shipped photographs) is held to that instead."""
 
 
 def pin_malloc_mmap_threshold(threshold_bytes: int = 1 << 20) -> None:
@@ -58,11 +80,124 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UnknownChoiceError("dtype", dtype, DTYPES)
+    return DTYPES[dtype]
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class KeyedCache(Generic[K, V]):
+    """Values loaded once per key, with a lock per key: a look-up of a loaded key never waits for another key's
+    load, and concurrent first look-ups of one key load it once. A load that raises is not remembered."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()  # held only to read or write the two dicts, never during a load
+        self._values: dict[K, V] = {}
+        self._loading: dict[K, threading.Lock] = {}
+
+    def get(self, key: K, load: Callable[[], V]) -> V:
+        with self._guard:
+            if key in self._values:
+                return self._values[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._guard:
+                if key in self._values:
+                    return self._values[key]
+            value = load()
+            with self._guard:
+                self._values[key] = value
+                self._loading.pop(key, None)
+            return value
+
+    def __contains__(self, key: K) -> bool:
+        with self._guard:
+            return key in self._values
+
+    def clear(self) -> None:
+        with self._guard:
+            self._values.clear()
+
+
+class ResidentModel:
+    """A model's backend on ``device`` in ``dtype``, its label embeddings, and the lock its forwards take."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: str = "float32"):
+        self.spec, self.device, self.dtype = spec, device, resolve_dtype(dtype)
+        pin_malloc_mmap_threshold()
+        self.backend: Backend = load_backend(spec, device)
+        self.backend.model.to(self.dtype)
+        self.lock = threading.RLock()
+        self._texts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    @contextlib.contextmanager
+    def hooked(self, hooks: Iterable[tuple[torch.nn.Module, ForwardHook]]) -> Iterator[None]:
+        """Attach ``hooks`` for the block, holding the model's lock: no other request runs this model meanwhile."""
+        with self.lock, attached(hooks):
+            yield
+
+    def text_embeddings(self, labels: list[str], template: str | None = None) -> torch.Tensor:
+        """Normalised label embeddings (L, E) in float32, cached per (labels, template)."""
+        template = template or self.spec.prompt_template
+        if "{}" not in template:
+            raise UserInputError(f"the prompt template must contain '{{}}' where the label goes; got {template!r}")
+        key = (tuple(labels), template)
+        with self.lock:
+            if key not in self._texts:
+                self._texts[key] = self.backend.encode_text([template.format(label) for label in labels]).float()
+                while len(self._texts) > TEXT_CACHE_SIZE:
+                    self._texts.popitem(last=False)
+            self._texts.move_to_end(key)
+            return self._texts[key]
+
+
+@dataclass(frozen=True)
+class LatentInfo:
+    """What is known about each latent: a label (with its score) and its typical activation; and about the SAE,
+    the explained variance below which an image is unlike its training data (None when not calibrated)."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    typical_activation: tuple[float, ...]
+    explained_variance_floor: float | None = None
+
+
+class ResidentSAE:
+    """An SAE read from an allowed file or the hub, on ``device`` in ``dtype``, with its shipped latent info."""
+
+    def __init__(self, spec: SAESpec, device: torch.device, dtype: str, allowed: AllowedDirs):
+        self.spec = spec
+        self.path = resolve_sae_source(spec.path, allowed)
+        self.module: SAE = load_sae(self.path, site=spec.site).to(device, resolve_dtype(dtype))
+        self.site = self.module.config.hook_name
+        directory = self.path if self.path.is_dir() else self.path.parent
+        self.latent_info = read_latent_info(directory, self.module.config.d_sae)
+
+
+def read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
+    path = directory / LATENT_INFO_FILE
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    info = LatentInfo(
+        tuple(raw["labels"]),
+        tuple(raw["scores"]),
+        tuple(raw["typical_activation"]),
+        raw.get("explained_variance_floor"),
+    )
+    if not len(info.labels) == len(info.scores) == len(info.typical_activation) == d_sae:
+        raise SAEFormatError(f"{path}: expected {d_sae} entries per field")
+    return info
+
+
 @dataclass(frozen=True)
 class SiteState:
-    """Everything about one image at the site, for a single image. The SAE code is kept sparse (a TopK
-    SAE has k of d_sae latents on per token: 32 of 24,576 for ViT-B/32), so a cached image costs kilobytes
-    for its code, not megabytes."""
+    """Everything about one image at the site. The SAE code is kept sparse (a TopK SAE has k of d_sae
+    latents on per token: 32 of 24,576 for ViT-B/32), so a cached image costs kilobytes for its code."""
 
     acts_TD: torch.Tensor
     f_sparse_TS: torch.Tensor  # sparse COO
@@ -83,87 +218,117 @@ class SiteState:
         sparse_bytes = f.values().numel() * f.values().element_size() + f.indices().numel() * 8
         return sparse_bytes + sum(t.numel() * t.element_size() for t in (self.acts_TD, self.error_TD))
 
+    @property
+    def explained_variance(self) -> float:
+        """How much of this image's activations the SAE reconstructs (see :func:`explained_variance`)."""
+        return explained_variance(self.acts_TD, self.error_TD)
 
-@dataclass(frozen=True)
-class LatentInfo:
-    """What is known about each latent: a label (with its score) and its typical activation."""
 
-    labels: tuple[str, ...]
-    scores: tuple[float, ...]
-    typical_activation: tuple[float, ...]
+def explained_variance(acts_ND: torch.Tensor, error_ND: torch.Tensor) -> float:
+    """``1 - |error|^2 / |acts - mean(acts)|^2`` over the rows: 1 when the SAE reconstructs everything, 0 when it
+    does no better than the mean. A low value on an image says the SAE does not know such inputs.
+
+    >>> acts = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    >>> round(explained_variance(acts, 0.1 * acts), 6)
+    0.99
+    """
+    acts_ND, error_ND = acts_ND.float(), error_ND.float()
+    total = float((acts_ND - acts_ND.mean(0)).pow(2).sum())
+    return 1.0 - float(error_ND.pow(2).sum()) / total if total > 0 else float("nan")
 
 
 def image_key(image: Image.Image) -> str:
+    """Content hash of an image: mode, size, pixels, and the palette of a palette image (two images with the
+    same indices and different palettes are different pictures)."""
     digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
     digest.update(image.tobytes())
+    if image.mode in ("P", "PA") and image.palette is not None:
+        digest.update(bytes(image.getpalette() or ()))
     return digest.hexdigest()
 
 
 class Workbench:
-    def __init__(
-        self,
-        model_spec: ModelSpec,
-        sae_spec: SAESpec,
-        device: torch.device | None = None,
-        cache_mb: int = 512,
-        dtype: str = "float32",
-        allowed: AllowedDirs | None = None,
-    ):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-        self.device = device or default_device()
-        self.dtype = DTYPES[dtype]
-        pin_malloc_mmap_threshold()
-        allowed = allowed or AllowedDirs.default()
-        for path in local_model_paths(model_spec):
-            allowed.check(path)
-        self.model_spec, self.sae_spec = model_spec, sae_spec
-        sae_path = resolve_sae_source(sae_spec.path, allowed)
-        self.backend = load_backend(model_spec, self.device)
-        self.backend.model.to(self.dtype)
-        self.sae = load_sae(sae_path, site=sae_spec.site).to(self.device, self.dtype)
-        self.site = self.sae.config.hook_name
+    """One resident model with one resident SAE at the SAE's site, and the per-image cache of that pair."""
+
+    def __init__(self, model: ResidentModel, sae: ResidentSAE, cache_mb: int = 512):
+        self.model, self.resident_sae = model, sae
+        self.site = sae.site
         self.backend.block_index(self.site)
-        if self.sae.config.d_in != self.backend.d_model:
+        if sae.module.config.d_in != self.backend.d_model:
             raise SAEFormatError(
-                f"SAE {sae_spec.display_name} reads vectors of size d_in={self.sae.config.d_in}, but "
-                f"{model_spec.display_name} has width {self.backend.d_model} at {self.site}: the SAE was trained "
+                f"SAE {sae.spec.display_name} reads vectors of size d_in={sae.module.config.d_in}, but "
+                f"{model.spec.display_name} has width {self.backend.d_model} at {self.site}: the SAE was trained "
                 "for another model"
             )
-        self.latent_info = _read_latent_info(sae_path if sae_path.is_dir() else sae_path.parent, self.sae.config.d_sae)
-        self.lock = threading.RLock()
         self.cache_bytes = cache_mb * 2**20
         self._states: OrderedDict[str, SiteState] = OrderedDict()
-        self._texts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._typical_S: torch.Tensor | None = None
 
-    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """The model's own preprocessing, on the device, in the workbench's dtype."""
-        return self.backend.pixels(images).to(self.device, self.dtype)
+    # The parts, by the names every technique uses.
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    @property
+    def sae(self) -> SAE:
+        return self.resident_sae.module
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.model.lock
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def sae_spec(self) -> SAESpec:
+        return self.resident_sae.spec
+
+    @property
+    def latent_info(self) -> LatentInfo | None:
+        return self.resident_sae.latent_info
 
     @property
     def d_sae(self) -> int:
         return self.sae.config.d_sae
 
     def check_latent(self, latent: int) -> int:
-        if not isinstance(latent, int) or not 0 <= latent < self.d_sae:
-            raise ValueError(f"unknown latent id {latent!r}; valid: 0 .. {self.d_sae - 1}")
+        if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < self.d_sae:
+            raise UserInputError(f"unknown latent id {latent!r}; valid: 0 .. {self.d_sae - 1}")
         return latent
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """The model's own preprocessing, on the device, in the model's dtype."""
+        return self.backend.pixels(images).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode(self, acts_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_BTS, error_BTD) of site activations. ``f`` is in activation units: an SAE that normalises each
+        token (layer_norm, constant_norm_rescale) maps latent i of token t back as f[t, i] * scale[t] * W_dec[i];
+        folding the scale into f keeps ``x = f @ W_dec + bias + error`` exact for every edit and attribution."""
+        f_BTS = self.sae.encode(acts_BTD)
+        error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
+        return f_BTS * self.sae.output_scale(acts_BTD), error_BTD
 
     @torch.no_grad()
     def site_states(self, images: list[Image.Image]) -> list[SiteState]:
         """Site activations, SAE code and error per image; computed once per distinct image."""
         with self.lock:
             keys = [image_key(im) for im in images]
-            missing = [i for i, k in enumerate(keys) if k not in self._states]
+            first_index = {k: i for i, k in reversed(list(enumerate(keys)))}  # an image twice is computed once
+            missing = [i for k, i in first_index.items() if k not in self._states]
             if missing:
                 acts_BTD = self.backend.prefix(self.pixels([images[i] for i in missing]), self.site)
-                f_BTS = self.sae.encode(acts_BTD)
-                error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
-                # In activation units: an SAE that normalises each token (layer_norm, constant_norm_rescale)
-                # maps latent i of token t back as f[t, i] * scale[t] * W_dec[i]; folding the scale into f
-                # keeps "x = f @ W_dec + bias + error" exact for every edit and attribution (scale = 1 otherwise).
-                f_BTS = f_BTS * self.sae.output_scale(acts_BTD)
+                f_BTS, error_BTD = self.encode(acts_BTD)
                 for j, i in enumerate(missing):
                     self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
             for k in keys:
@@ -172,6 +337,48 @@ class Workbench:
             self._evict()
             return states
 
+    @torch.no_grad()
+    def stream_codes(self, pixels: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(acts_BTD, f_BTS, error_BTD) for each batch of pixels, computed and never cached: a dataset streams
+        through the site without touching the users' per-image cache."""
+        for pixels_BCHW in pixels:
+            with self.lock:
+                acts_BTD = self.backend.prefix(pixels_BCHW.to(self.device, self.dtype), self.site)
+                f_BTS, error_BTD = self.encode(acts_BTD)
+            yield acts_BTD, f_BTS, error_BTD
+
+    @property
+    def explained_variance_floor(self) -> float:
+        """Below this explained variance an image is unlike what the SAE knows (see LOW_EXPLAINED_VARIANCE)."""
+        info = self.latent_info
+        if info is not None and info.explained_variance_floor is not None:
+            return info.explained_variance_floor
+        return LOW_EXPLAINED_VARIANCE
+
+    def state_warnings(self, state: SiteState) -> list[str]:
+        """Plain sentences about how far the SAE's latents can be trusted on this image (may be empty)."""
+        explained, floor = state.explained_variance, self.explained_variance_floor
+        if explained < floor:
+            return [
+                f"the SAE reconstructs only {explained:.0%} of this image's activations, less than on any but the "
+                f"rarest of the images it was made for (below {floor:.0%}): the image is unlike what the SAE knows, "
+                "so its concepts may explain the prediction poorly; read the latents below with caution"
+                if self.latent_info is not None and self.latent_info.explained_variance_floor is not None
+                else f"the SAE reconstructs only {explained:.0%} of this image's activations (below {floor:.0%}): "
+                "the image is unlike what the SAE was trained on, so its concepts explain little of the "
+                "prediction; read the latents below with caution"
+            ]
+        return []
+
+    def image_warnings(self, image: Image.Image) -> list[str]:
+        """What the user should know about this image on this model and SAE before reading any result."""
+        (state,) = self.site_states([image])
+        return self.state_warnings(state)
+
+    def clear_cache(self) -> None:
+        with self.lock:
+            self._states.clear()
+
     def _evict(self) -> None:
         total = sum(s.nbytes for s in self._states.values())
         while total > self.cache_bytes and len(self._states) > 1:
@@ -179,29 +386,23 @@ class Workbench:
             total -= state.nbytes
 
     def text_embeddings(self, labels: list[str], template: str | None = None) -> torch.Tensor:
-        template = template or self.model_spec.prompt_template
-        if "{}" not in template:
-            raise ValueError(f"the prompt template must contain '{{}}' where the label goes; got {template!r}")
-        key = (tuple(labels), template)
-        with self.lock:
-            if key not in self._texts:
-                self._texts[key] = self.backend.encode_text([template.format(label) for label in labels]).float()
-                while len(self._texts) > 64:
-                    self._texts.popitem(last=False)
-            return self._texts[key]
+        return self.model.text_embeddings(labels, template)
 
     def logits_from_acts(self, acts_BTD: torch.Tensor, text_emb_LE: torch.Tensor) -> torch.Tensor:
         """Zero-shot logits (B, L), in float32 whatever the model's dtype (edits may arrive in float32)."""
-        image_emb_BE = self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
+        with self.lock:
+            image_emb_BE = self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
         return zeroshot.zero_shot_logits(image_emb_BE, text_emb_LE, self.backend.logit_scale)
 
     @torch.no_grad()
     def typical_activation(self) -> torch.Tensor:
-        """(S,) each latent's typical activation: the unit of the add mode.
+        """(S,) each latent's typical activation, sign included: the unit of the add mode.
 
         Shipped statistics when the SAE has them (the toy); otherwise the mean of each latent's non-zero
         activations over the shipped photographs (a fixed reference set, so a request's result never depends on
-        what other users sent), and the median of those means for latents that never fire there.
+        what other users sent), and the median of those means for latents that never fire there. The sign is
+        kept: a TopK SAE without a ReLU (saev) can pick a latent with a negative value, and adding its typical
+        activation must push the way the latent usually points.
         """
         if self.latent_info is not None:
             return torch.tensor(self.latent_info.typical_activation, device=self.device)
@@ -210,14 +411,13 @@ class Workbench:
                 photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
                 total_S = torch.zeros(self.d_sae, device=self.device)
                 count_S = torch.zeros(self.d_sae, device=self.device)
-                for state in self.site_states(photos):
-                    latent_K = state.f_sparse_TS.indices()[1]
-                    values_K = state.f_sparse_TS.values().float()
-                    total_S.index_add_(0, latent_K, values_K.abs())
-                    count_S.index_add_(0, latent_K, torch.ones_like(values_K))
+                for _, f_BTS, _ in self.stream_codes([self.pixels(photos)]):
+                    f_NS = f_BTS.flatten(0, 1).float()
+                    total_S += f_NS.sum(0)
+                    count_S += (f_NS != 0).sum(0)
                 seen_S = count_S > 0
                 typical_S = torch.where(seen_S, total_S / count_S.clamp(min=1), torch.zeros_like(total_S))
-                fallback = float(typical_S[seen_S].median()) if seen_S.any() else 1.0
+                fallback = float(typical_S[seen_S].abs().median()) if seen_S.any() else 1.0
                 self._typical_S = torch.where(seen_S, typical_S, torch.full_like(typical_S, fallback))
             return self._typical_S
 
@@ -229,18 +429,36 @@ class Workbench:
             return self.logits_from_acts(acts_BTD, self.text_embeddings(labels, template))
 
 
-def _read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
-    path = directory / LATENT_INFO_FILE
-    if not path.is_file():
-        return None
-    raw = json.loads(path.read_text())
-    info = LatentInfo(tuple(raw["labels"]), tuple(raw["scores"]), tuple(raw["typical_activation"]))
-    if not len(info.labels) == len(info.scores) == len(info.typical_activation) == d_sae:
-        raise SAEFormatError(f"{path}: expected {d_sae} entries per field")
-    return info
+_models: KeyedCache[tuple, ResidentModel] = KeyedCache()
+_saes: KeyedCache[tuple, ResidentSAE] = KeyedCache()
+_workbenches: KeyedCache[tuple, Workbench] = KeyedCache()
 
 
-_load_lock = threading.Lock()
+def resident_model(
+    spec: ModelSpec,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    allowed: AllowedDirs | None = None,
+) -> ResidentModel:
+    """The resident model for (spec, device, dtype); its local files must lie in allowed directories."""
+    allowed = allowed or AllowedDirs.default()
+    for path in local_model_paths(spec):
+        allowed.check(path)
+    device = torch.device(device) if device else default_device()
+    resolve_dtype(dtype)
+    return _models.get((spec, str(device), dtype), lambda: ResidentModel(spec, device, dtype))
+
+
+def resident_sae(
+    spec: SAESpec, device: str | torch.device | None = None, dtype: str = "float32", allowed: AllowedDirs | None = None
+) -> ResidentSAE:
+    """The resident SAE for (spec, device, dtype), read only from allowed directories or the hub."""
+    allowed = allowed or AllowedDirs.default()
+    device = torch.device(device) if device else default_device()
+    resolve_dtype(dtype)
+    if not spec.path.startswith("hf:"):
+        allowed.check(spec.path)  # checked on every look-up, not only the first
+    return _saes.get((spec, str(device), dtype), lambda: ResidentSAE(spec, device, dtype, allowed))
 
 
 def load_workbench(
@@ -251,12 +469,9 @@ def load_workbench(
     dtype: str = "float32",
     allowed: AllowedDirs | None = None,
 ) -> Workbench:
-    """The resident workbench for these specs (loaded on first use, then shared). Loads run one at a time, so
-    two requests that ask for the same new model at once get one copy, not two."""
-    with _load_lock:
-        return _cached_workbench(model_spec, sae_spec, device, cache_mb, dtype, allowed)
-
-
-@functools.cache
-def _cached_workbench(model_spec, sae_spec, device, cache_mb, dtype, allowed) -> Workbench:
-    return Workbench(model_spec, sae_spec, torch.device(device) if device else None, cache_mb, dtype, allowed)
+    """The resident workbench for these specs: its model and SAE loaded on first use (each under its own
+    lock), then shared by every request, evaluation and benchmark in the process."""
+    sae = resident_sae(sae_spec, device, dtype, allowed)  # first: a missing SAE fails before a slow model load
+    model = resident_model(model_spec, device, dtype, allowed)
+    key = (model_spec, sae_spec, str(model.device), dtype, cache_mb)
+    return _workbenches.get(key, lambda: Workbench(model, sae, cache_mb))

@@ -1,4 +1,4 @@
-"""Sparse autoencoders: the module, and native save / load in the SAELens layout.
+"""Sparse autoencoders: the module, and native save in the SAELens layout.
 
 An SAE reads a model's activation ``x`` (d_in) at one site and writes it as a sparse, non-negative code
 ``f`` (d_sae latents) whose decoder rows are the concept directions:
@@ -19,6 +19,8 @@ of latent i moves the activation by exactly ``(f_i' - f_i) * W_dec[i]``.
 
 On disk (SAELens layout): ``cfg.json`` plus ``sae_weights.safetensors`` holding ``W_enc [d_in, d_sae]``,
 ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` and, for JumpReLU, ``threshold [d_sae]``.
+``SAE.save`` writes it; ``engine.sae_formats.load_sae`` reads it back (the one loader for every format,
+ours included: ``engine/sae_formats/saelens.py``), to an equal ``SAEConfig``.
 
 >>> sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture="topk", k=2, hook_name="blocks.0.resid_post"))
 >>> f = sae.encode(torch.randn(3, 4))
@@ -33,16 +35,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from engine.errors import SAEFormatError  # noqa: F401  (re-exported: callers import it from here)
 
 ARCHITECTURES = ("topk", "relu", "jumprelu")
 NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale")
 LAYER_NORM_EPS = 1e-5  # SAELens and ViT-Prisma: (x - mean) / (std + eps) on the way in, * std + mean out
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
-
-
-class SAEFormatError(ValueError):
-    """A file or directory that is not an SAE this module can read; the message says what was found."""
 
 
 @dataclass(frozen=True)
@@ -153,31 +153,9 @@ class SAE(torch.nn.Module):
         return self.decode(self.encode(x_ND), x_ND)
 
     def save(self, directory: str | Path) -> None:
+        """Write the SAELens layout, the whole ``SAEConfig`` in cfg.json; ``engine.sae_formats.load_sae`` reads it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CFG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
         save_file(tensors, str(directory / WEIGHTS_FILE))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> SAE:
-        """Read an SAE saved in the SAELens layout (safetensors only: nothing is unpickled)."""
-        directory = Path(directory)
-        cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights_path.is_file():
-            found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "no such directory"
-            raise SAEFormatError(f"{directory}: expected {CFG_FILE} and {WEIGHTS_FILE}; found {found}")
-        try:
-            config = SAEConfig.from_dict(json.loads(cfg_path.read_text()))
-        except json.JSONDecodeError as error:
-            raise SAEFormatError(f"{cfg_path} is not valid JSON: {error}") from error
-        sae = cls(config)
-        tensors = load_file(str(weights_path))
-        expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
-        found = {name: tuple(t.shape) for name, t in tensors.items()}
-        if any(found.get(name) != shape for name, shape in expected.items()):
-            raise SAEFormatError(f"{weights_path}: expected tensors {expected}; found {found}")
-        with torch.no_grad():
-            for name, param in sae.named_parameters():
-                param.copy_(tensors[name])
-        return sae.requires_grad_(False).eval()

@@ -31,20 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from engine.backends import ModelUnavailableError
-from engine.specs import ASSETS
+from engine.errors import ModelUnavailableError, PathNotAllowedError, UserInputError
+from engine.specs import ASSETS, ModelSpec
 
 log = logging.getLogger(__name__)
 ALLOWED_DIRS_ENV = "CSW_ALLOWED_DIRS"
 HUB_PREFIX = "hf:"
 REACHABILITY_TIMEOUT_S = 3.0
 
-_guard_lock = threading.RLock()
+_guard_lock = threading.Lock()  # taken only to read or switch the offline flag, never during a load
 _reachability: dict[str, tuple[float, bool]] = {}
-
-
-class PathNotAllowedError(ValueError):
-    """A local path outside every directory the operator allowed."""
+_forced_offline = 0  # loads now running in the offline mode that hub_guard switched on
 
 
 def hf_cache_dir() -> Path:
@@ -81,15 +78,27 @@ class AllowedDirs:
         )
 
 
+def local_model_paths(spec: ModelSpec) -> list[Path]:
+    """The local files a model spec names (they must lie in allowed directories)."""
+    if spec.family == "open_clip":
+        paths = [spec.name[len("local-dir:") :]] if spec.name.startswith("local-dir:") else []
+        if spec.pretrained and ("/" in spec.pretrained or Path(spec.pretrained).exists()):
+            paths.append(spec.pretrained)
+        return [Path(p) for p in paths]
+    if spec.name.startswith(("/", ".", "~")) or Path(spec.name).exists():
+        return [Path(spec.name)]
+    return []
+
+
 def parse_hub_source(source: str) -> tuple[str, str]:
     """``hf:OWNER/REPO[/PATH]`` -> (repo id, path inside the repository, '' for all of it)."""
     if not source.startswith(HUB_PREFIX):
-        raise ValueError(f"not a hub source: {source!r}; expected hf:OWNER/REPO[/PATH]")
+        raise UserInputError(f"not a hub source: {source!r}; expected hf:OWNER/REPO[/PATH]")
     parts = source[len(HUB_PREFIX) :].strip("/").split("/")
     if len(parts) < 2 or not all(parts[:2]):
-        raise ValueError(f"a hub source needs an owner and a repository: hf:OWNER/REPO[/PATH]; got {source!r}")
+        raise UserInputError(f"a hub source needs an owner and a repository: hf:OWNER/REPO[/PATH]; got {source!r}")
     if any(part in ("..", ".") for part in parts):
-        raise ValueError(f"a hub source may not contain '.' or '..' segments; got {source!r}")
+        raise UserInputError(f"a hub source may not contain '.' or '..' segments; got {source!r}")
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
@@ -124,23 +133,32 @@ def hub_guard() -> Iterator[bool]:
     """Run a load in huggingface_hub's offline mode when the hub cannot be reached; yields whether offline.
 
     huggingface_hub (and transformers and open_clip through it) read ``constants.HF_HUB_OFFLINE`` at call
-    time, so switching it here turns a minute of DNS retries into an immediate cache miss.
+    time, so switching it here turns a minute of DNS retries into an immediate cache miss. The flag is
+    process-wide, so it is switched on while at least one guarded load needs it and off when the last one
+    ends; the lock covers only that bookkeeping, so one slow download never blocks another user's load.
     """
+    global _forced_offline
     from huggingface_hub import constants
 
     with _guard_lock:
-        if constants.HF_HUB_OFFLINE:
-            yield True
-            return
-        if hub_reachable():
-            yield False
-            return
-        log.warning("the model hub is unreachable: loading from the local cache only")
+        set_by_user = bool(constants.HF_HUB_OFFLINE) and _forced_offline == 0
+    if set_by_user:
+        yield True
+        return
+    if hub_reachable():
+        yield False
+        return
+    log.warning("the model hub is unreachable: loading from the local cache only")
+    with _guard_lock:
+        _forced_offline += 1
         constants.HF_HUB_OFFLINE = True
-        try:
-            yield True
-        finally:
-            constants.HF_HUB_OFFLINE = False
+    try:
+        yield True
+    finally:
+        with _guard_lock:
+            _forced_offline -= 1
+            if _forced_offline == 0:
+                constants.HF_HUB_OFFLINE = False
 
 
 def how_to_provide(name: str, offline: bool) -> str:

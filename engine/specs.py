@@ -15,6 +15,8 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_CLIP_DIR = ASSETS / "toy_clip"
 TOY_SAE_DIR = ASSETS / "toy_sae"
+TOY_SHORTCUT_DIR = ASSETS / "toy_clip_shortcut"  # the toy CLIP fine-tuned with a planted shortcut (Diff tab)
+PHOTOS_DIR = ASSETS / "photos"  # licensed photographs: examples, and the reference set for statistics
 
 MODEL_FAMILIES = ("open_clip", "hf_clip")
 
@@ -50,10 +52,18 @@ class ModelSpec:
             default_labels=("circle", "square", "triangle", "cross"),
         )
 
+    @classmethod
+    def toy_shortcut(cls) -> ModelSpec:
+        """The toy CLIP fine-tuned with a planted shortcut (engine.toyworld.train_shortcut)."""
+        toy = cls.toy()
+        return cls(toy.family, f"local-dir:{TOY_SHORTCUT_DIR}", None, toy.prompt_template, toy.default_labels)
+
     @property
     def display_name(self) -> str:
         if self.name.startswith("local-dir:") and Path(self.name[10:]) == TOY_CLIP_DIR:
             return "toy CLIP (embedded)"
+        if self.name.startswith("local-dir:") and Path(self.name[10:]) == TOY_SHORTCUT_DIR:
+            return "toy CLIP fine-tuned with a planted shortcut (embedded)"
         return self.name if self.pretrained is None else f"{self.name} ({self.pretrained})"
 
 

@@ -22,58 +22,90 @@ names the latent's true factor value (``vocabulary_label_accuracy``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine.errors import UserInputError
 from engine.resident import Workbench
+from engine.specs import ASSETS
+
+CONCEPTS_FILE = ASSETS / "labels" / "concepts.txt"
 
 REFERENCE_GREY = (128, 128, 128)
 ALPHA_FRACTION = 0.5
 
 
-def reference_acts(bench: Workbench) -> torch.Tensor:
+def reference_acts(workbench: Workbench) -> torch.Tensor:
     """(T, D) site activations of a mid-grey image: the content-free point the directions are taken at."""
-    (state,) = bench.site_states([Image.new("RGB", (224, 224), REFERENCE_GREY)])
+    (state,) = workbench.site_states([Image.new("RGB", (224, 224), REFERENCE_GREY)])
     return state.acts_TD
 
 
 @torch.no_grad()
-def joint_directions(bench: Workbench, latents: list[int], alpha_fraction: float = ALPHA_FRACTION) -> torch.Tensor:
+def joint_directions(workbench: Workbench, latents: list[int], alpha_fraction: float = ALPHA_FRACTION) -> torch.Tensor:
     """(K, E) unit directions in the joint space: where adding each latent moves the image embedding."""
-    with bench.lock:
-        ref_TD = reference_acts(bench)
+    with workbench.lock:
+        ref_TD = reference_acts(workbench)
         ref_TD = ref_TD.float()
         alpha = alpha_fraction * float(ref_TD.norm(dim=-1).mean())
-        d_KD = F.normalize(bench.sae.W_dec[latents].float(), dim=-1)
+        d_KD = F.normalize(workbench.sae.W_dec[latents].float(), dim=-1)
         acts_KTD = torch.cat([ref_TD[None], ref_TD[None] + alpha * d_KD[:, None, :]])
-        emb_KE = F.normalize(bench.backend.suffix(acts_KTD.to(bench.dtype), bench.site).float(), dim=-1)
+        emb_KE = F.normalize(workbench.backend.suffix(acts_KTD.to(workbench.dtype), workbench.site).float(), dim=-1)
         return F.normalize(emb_KE[1:] - emb_KE[:1], dim=-1)
 
 
 @torch.no_grad()
-def concept_directions(bench: Workbench, concepts: list[str], template: str) -> torch.Tensor:
+def concept_directions(workbench: Workbench, concepts: list[str], template: str) -> torch.Tensor:
     """(C, E) unit text directions of the concepts, relative to the template with nothing filled in."""
-    text_CE = bench.text_embeddings(concepts, template)
-    empty_1E = bench.text_embeddings([""], template)
+    text_CE = workbench.text_embeddings(concepts, template)
+    empty_1E = workbench.text_embeddings([""], template)
     return F.normalize(text_CE - empty_1E, dim=-1)
 
 
 def name_latents(
-    bench: Workbench, latents: list[int], concepts: list[str], template: str | None = None, top: int = 3
+    workbench: Workbench, latents: list[int], concepts: list[str], template: str | None = None, top: int = 3
 ) -> dict[int, list[tuple[str, float]]]:
     """The ``top`` concepts (with cosine scores) for each latent.
 
-    >>> # name_latents(bench, [12, 40], ["dog", "red", "striped"])  ->  {12: [("red", 0.41), ...], 40: [...]}
+    >>> from engine.resident import load_workbench
+    >>> from engine.specs import ModelSpec, SAESpec
+    >>> workbench = load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu")
+    >>> named = name_latents(workbench, [0, 1], ["a red shape", "a circle", "a striped background"], "{}", top=2)
+    >>> sorted(named), [len(best) for best in named.values()]
+    ([0, 1], [2, 2])
     """
     if not concepts:
-        raise ValueError("the concept vocabulary is empty")
+        raise UserInputError("the concept vocabulary is empty")
     for latent in latents:
-        bench.check_latent(latent)
-    template = template or bench.model_spec.prompt_template
-    scores_KC = joint_directions(bench, latents) @ concept_directions(bench, concepts, template).T
+        workbench.check_latent(latent)
+    template = template or workbench.model_spec.prompt_template
+    scores_KC = joint_directions(workbench, latents) @ concept_directions(workbench, concepts, template).T
     values_KN, index_KN = scores_KC.topk(min(top, len(concepts)), dim=-1)
     return {
         latent: [(concepts[j], round(float(v), 4)) for v, j in zip(values_KN[k].tolist(), index_KN[k].tolist())]
         for k, latent in enumerate(latents)
     }
+
+
+@functools.cache
+def concept_vocabulary() -> tuple[str, ...]:
+    """The shipped vocabulary that names latents of real models (assets/labels/concepts.txt)."""
+    return tuple(line for line in CONCEPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def latent_names(
+    workbench: Workbench, latents: list[int], template: str | None = None, concepts: tuple[str, ...] | None = None
+) -> dict[int, tuple[str, float | None, str]]:
+    """The naming policy: (name, score, source) per latent. Where the SAE ships ground-truth labels (the toy),
+    the label and its AUROC ("ground truth"); otherwise the best three concepts of the vocabulary and the
+    cosine of the first ("vocabulary")."""
+    info = workbench.latent_info
+    if info is not None:
+        return {i: (info.labels[workbench.check_latent(i)], info.scores[i], "ground truth") for i in latents}
+    if not latents:
+        return {}
+    named = name_latents(workbench, latents, list(concepts or concept_vocabulary()), template, top=3)
+    return {i: ("; ".join(c for c, _ in best), best[0][1], "vocabulary") for i, best in named.items()}

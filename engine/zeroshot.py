@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-METRICS = ("logit_difference", "probability")
+from engine.errors import UnknownChoiceError, UserInputError
+
+METRICS = ("logit_difference", "probability", "centred_logit")
 
 
 def parse_labels(text: str | list[str]) -> list[str]:
@@ -24,11 +26,11 @@ def parse_labels(text: str | list[str]) -> list[str]:
     items = text if isinstance(text, list) else text.replace("\n", ",").split(",")
     labels = [str(item).strip() for item in items if str(item).strip()]
     if len(labels) < 2:
-        raise ValueError(f"give at least two labels, separated by commas; got {labels}")
+        raise UserInputError(f"give at least two labels, separated by commas; got {labels}")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"labels must be distinct; got {labels}")
+        raise UserInputError(f"labels must be distinct; got {labels}")
     if len(labels) > 1000:
-        raise ValueError(f"at most 1000 labels; got {len(labels)}")
+        raise UserInputError(f"at most 1000 labels; got {len(labels)}")
     return labels
 
 
@@ -44,15 +46,54 @@ def logit_difference(logits_BL: torch.Tensor, target: int) -> torch.Tensor:
     return logits_BL[:, target] - others_BL.max(dim=1).values
 
 
+def centred_logit(logits_BL: torch.Tensor, target: int) -> torch.Tensor:
+    """Target logit minus the mean logit, (B,): a fixed linear contrast, so that attributions to different
+    labels add up and do not depend on which label is the runner-up (the logit difference's reference switches
+    when the prediction changes, which confounds comparisons across models).
+
+    >>> centred_logit(torch.tensor([[2.0, 1.0, 0.0]]), target=0).tolist()
+    [1.0]
+    """
+    return logits_BL[:, target] - logits_BL.mean(dim=1)
+
+
 def metric(logits_BL: torch.Tensor, target: int, kind: str = "logit_difference") -> torch.Tensor:
     if kind == "logit_difference":
         return logit_difference(logits_BL, target)
     if kind == "probability":
         return logits_BL.softmax(dim=1)[:, target]
-    raise ValueError(f"unknown metric {kind!r}; valid: {', '.join(METRICS)}")
+    if kind == "centred_logit":
+        return centred_logit(logits_BL, target)
+    raise UnknownChoiceError("metric", kind, METRICS)
 
 
 def kl_from(reference_logits_L: torch.Tensor, logits_BL: torch.Tensor) -> torch.Tensor:
     """KL(reference || edited) per row, (B,): how far each edited prediction moved from the original."""
     log_p = reference_logits_L.log_softmax(-1)
     return (log_p.exp() * (log_p - logits_BL.log_softmax(-1))).sum(-1)
+
+
+def per_label_comparison(
+    labels: list[str],
+    predicted: dict[str, list[int]],
+    truth: list[int | None] | None = None,
+) -> list[dict]:
+    """Per label, how often each run predicts it (``predicted_<run>``) and, where the true label is known,
+    how accurate each run is on the images of that label (``images``, ``accuracy_<run>``).
+
+    >>> per_label_comparison(["a", "b"], {"before": [0, 1], "after": [1, 1]}, [0, 1])[0]
+    {'label': 'a', 'predicted_before': 1, 'predicted_after': 0, 'images': 1, 'accuracy_before': 1.0, 'accuracy_after': 0.0}
+    """
+    rows = []
+    for j, label in enumerate(labels):
+        row: dict = {"label": label}
+        row.update({f"predicted_{run}": list(p).count(j) for run, p in predicted.items()})
+        if truth is not None:
+            members = [i for i, t in enumerate(truth) if t == j]
+            row["images"] = len(members)
+            if members:
+                row.update(
+                    {f"accuracy_{run}": sum(p[i] == j for i in members) / len(members) for run, p in predicted.items()}
+                )
+        rows.append(row)
+    return rows

@@ -1,6 +1,6 @@
 """Write tiny SAE files in every public format, with outputs computed by the original libraries.
 
-The loaders in ``engine/sae_formats.py`` claim to read SAELens, saev, ViT-Prisma, PatchSAE, sparsify,
+The loaders in ``engine/sae_formats/`` claim to read SAELens, saev, ViT-Prisma, PatchSAE, sparsify,
 dictionary_learning and overcomplete files exactly. This script makes that claim testable: for each
 format it writes a tiny SAE (d_in=16, d_sae=64, fixed seed, random weights with non-zero biases and
 thresholds) with the library's own classes and save function, then stores in ``expected.safetensors``

@@ -1,7 +1,8 @@
-"""Screenshot the app for the README: pick a toy-world example, run Attribution, save the whole page.
+"""Screenshot the app for the README: pick a toy-world example, run a tab, save the whole page.
 
-python scripts/screenshot.py assets/screenshot.png
+python scripts/screenshot.py assets/screenshot.png                     # Attribution on the first example
 python scripts/screenshot.py shot.png --example red_circle     # an example by (part of) its file name, or its index
+python scripts/screenshot.py assets/screenshot_diff.png --tab diff --example marker   # the Diff tab
 
 Serves the app in-process on 127.0.0.1 and drives Debian's Chromium (/usr/bin/chromium) through Playwright
 (pip install playwright; apt-get install --no-install-recommends chromium). Never needs `playwright install`.
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="where to write the PNG")
     parser.add_argument("--example", default="0", help="example index (sorted by name) or part of its file name")
+    parser.add_argument("--tab", default="attribution", choices=["attribution", "diff"], help="which tab to run")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the browser executable")
@@ -78,6 +80,24 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
             thumbnail.click()
             expect(page.locator(f'[data-testid="image"] .image-frame img[src$="/{example}"]')).to_be_visible()
 
+            if args.tab == "diff":
+                page.get_by_role("tab", name="Diff").click()
+                page.get_by_role("button", name="Diff the checkpoints").click()
+                expect(page.get_by_test_id("markdown").filter(has_text="predictions changed")).to_be_visible(
+                    timeout=timeout_ms
+                )
+                page.get_by_role("button", name="Patch", exact=True).click()
+                expect(page.get_by_test_id("markdown").filter(has_text="Denoising restores")).to_be_visible(
+                    timeout=timeout_ms
+                )
+                page.wait_for_function(
+                    "() => Array.from(document.images).every(img => img.complete && img.naturalWidth > 0)",
+                    timeout=timeout_ms,
+                )
+                page.wait_for_timeout(1000)  # the line plot animates in
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(args.out), full_page=True)
+                return
             page.get_by_role("button", name="Attribute", exact=True).click()
             expect(page.get_by_test_id("markdown").filter(has_text="Prediction:")).to_be_visible(timeout=timeout_ms)
             top_latents = page.get_by_role("grid", name="Top latents", exact=False)
@@ -110,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     example = pick_example(sorted((ASSETS / "examples").glob("*.png")), args.example)
     app = create_app("cpu")
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    from ui.layout import APP_CSS
+
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=APP_CSS)
     try:
         shoot(f"http://127.0.0.1:{port}/", example, args)
     finally:

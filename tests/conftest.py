@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
-def bench():
+def workbench():
     """The shipped toy model and SAE, resident on the CPU."""
     return load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu")
 

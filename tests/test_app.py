@@ -1,16 +1,20 @@
 """The app served on 127.0.0.1 and driven through gradio_client, as a user of the API would."""
 
+import html
 import math
 import socket
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
 from engine.bench import random_sae
-from engine.registry import PHOTOS_DIR, TOY, Preset
+from engine.registry import TOY, Preset, label_set, label_set_names
 from engine.sources import AllowedDirs
-from engine.specs import ModelSpec, SAESpec
+from engine.specs import ASSETS, PHOTOS_DIR, ModelSpec, SAESpec
+from ui import readings
+from ui.common import parse_labels
 
 from .conftest import SHAPES
 
@@ -40,7 +44,7 @@ def choices(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(bench, choices):
+def client(workbench, choices):
     from app import create_app
 
     allowed = AllowedDirs.default([Path(c.sae.path) for c in choices.values()])
@@ -59,14 +63,17 @@ def image_file(tmp_path_factory, image):
     return str(path)
 
 
-def test_attribute_endpoint(client, image_file, bench):
-    predictions, latents, gallery, faith, summary, selected = client.predict(
+def test_attribute_endpoint(client, image_file, workbench):
+    predictions, latents, gallery, faith, summary, selected, warning, reading = client.predict(
         handle_file(image_file), LABELS, "a {}", "", "logit_difference", 5, api_name="/attribute"
     )
-    assert [row[0] for row in predictions["data"]] == SHAPES
-    assert math.isclose(sum(row[1] for row in predictions["data"]), 1.0, abs_tol=1e-3)
+    assert sorted(row[0] for row in predictions["data"]) == sorted(SHAPES)
+    probabilities = [row[1] for row in predictions["data"]]
+    assert probabilities == sorted(probabilities, reverse=True)  # most likely first, like the chart
+    assert math.isclose(sum(probabilities), 1.0, abs_tol=5e-3)  # 3 significant digits each
+    assert reading.startswith(f"The model says **{predictions['data'][0][0]}**")
     assert latents["headers"] == ["latent", "label", "label_score", "attribution", "activation"]
-    assert len(latents["data"]) == 5 and 0 <= int(selected) < bench.d_sae
+    assert len(latents["data"]) == 5 and 0 <= int(selected) < workbench.d_sae
     assert int(selected) == latents["data"][0][0]
     assert len(gallery) == 5 and "Spearman" in summary
     assert len(faith["data"]) == 5
@@ -77,12 +84,18 @@ def test_steer_endpoint_moves_the_prediction_and_strength_one_does_not(client, i
         handle_file(image_file), LABELS, "a {}", "", "logit_difference", 3, api_name="/attribute"
     )
     top = ", ".join(str(row[0]) for row in latents["data"])
-    table, _, _ = client.predict(handle_file(image_file), LABELS, "a {}", top, "1", "scale", "", api_name="/steer")
-    assert all(row[1] == row[2] for row in table["data"])
-    table, _, summary = client.predict(
+    table, _, _, reading = client.predict(
+        handle_file(image_file), LABELS, "a {}", top, "1", "scale", "", api_name="/steer"
+    )
+    assert all(row[1] == row[2] for row in table["data"]) and "does not change it" in reading
+    table, plot, summary, reading = client.predict(
         handle_file(image_file), LABELS, "a {}", top, "0", "scale", "", api_name="/steer"
     )
     assert any(row[1] != row[2] for row in table["data"]) and "Before" in summary
+    assert reading.startswith("Before the edit the model says") and "removing latent" in reading
+    # The chart draws before and after side by side: one bar per label and run, never stacked on one label.
+    bars = [row[0] for row in plot["data"]]
+    assert len(bars) == len(set(bars)) == 2 * len(SHAPES)
 
 
 def test_sweep_endpoint(client, image_file):
@@ -111,7 +124,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, image
     strength = "nan" if kind == "nan_strength" else "0"
     with pytest.raises(Exception, match=message):
         client.predict(picture, labels, "a {}", latent, strength, "scale", "", api_name="/steer")
-    table, _, _ = client.predict(handle_file(image_file), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer")
+    table, *_ = client.predict(handle_file(image_file), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer")
     assert len(table["data"]) == 4
 
 
@@ -121,14 +134,14 @@ def test_a_real_architecture_runs_through_the_same_endpoints(client):
     assert "blocks.10.resid_post" in info and "3072 latents" in info
     assert labels.startswith("tench, goldfish") and template == "a photo of a {}."
     labels = "cat, dog, car, coffee"
-    _, latents, gallery, faith, summary, selected = client.predict(
+    _, latents, gallery, faith, summary, selected, *_ = client.predict(
         photo, labels, template, "", "logit_difference", 4, VIT_B32, api_name="/attribute"
     )
     assert len(latents["data"]) == 4 and all(row[1] for row in latents["data"])  # vocabulary names
     assert "vocabulary" in summary and "explained variance" in summary
-    table, _, _ = client.predict(photo, labels, template, selected, "1", "scale", "", VIT_B32, api_name="/steer")
+    table, *_ = client.predict(photo, labels, template, selected, "1", "scale", "", VIT_B32, api_name="/steer")
     assert all(row[1] == row[2] for row in table["data"])
-    table, _, _ = client.predict(
+    table, *_ = client.predict(
         photo, labels, template, int(selected), -1, 3, 5, "scale", "", "logit_difference", VIT_B32, api_name="/sweep"
     )
     assert len(table["data"]) == 10
@@ -137,9 +150,104 @@ def test_a_real_architecture_runs_through_the_same_endpoints(client):
 
 
 def test_an_unavailable_model_gets_a_clear_message_and_the_server_keeps_serving(client, image_file):
-    with pytest.raises(Exception, match="not in the local cache"):
+    with pytest.raises(Exception, match="not in the local cache") as raised:
         client.predict(UNAVAILABLE, api_name="/select_model")
+    assert html.escape(UNAVAILABLE) in str(raised.value)  # the message names the model, not only its SAE
     with pytest.raises(Exception, match="not in the list of choices"):
         client.predict("no such model", api_name="/select_model")
-    table, _, _ = client.predict(handle_file(image_file), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer")
+    table, *_ = client.predict(handle_file(image_file), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer")
     assert len(table["data"]) == 4
+
+
+def test_every_shipped_label_set_fills_the_labels_box_and_is_accepted(client, tmp_path):
+    small = str(tmp_path / "small.png")
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(small)
+    assert label_set_names()
+    for name in label_set_names():
+        text = client.predict(name, "circle, square", api_name="/fill_labels")
+        assert parse_labels(text) == list(label_set(name))  # each label once, in the file's order
+        predictions, latents, *_ = client.predict(
+            handle_file(small), text, "a {}", "", "logit_difference", 1, api_name="/attribute"
+        )
+        assert len(predictions["data"]) == len(label_set(name)) and len(latents["data"]) == 1
+    assert client.predict("(unchanged)", "circle, square", api_name="/fill_labels") == "circle, square"
+
+
+def test_a_photograph_on_the_toy_model_is_warned_about_before_and_with_the_result(client):
+    photo = handle_file(str(PHOTOS_DIR / "chelsea.jpg"))
+    early = client.predict(photo, "toy", api_name="/check_image")
+    *_, warning, reading = client.predict(photo, LABELS, "a {}", "", "logit_difference", 3, api_name="/attribute")
+    for text in (early, warning):
+        assert "Warning" in text and "reconstructs only" in text
+    assert "Warning" not in reading  # the warning has its own element, above the tables
+
+
+def test_the_toy_examples_raise_no_warning(client):
+    example = sorted((ASSETS / "examples").glob("*.png"))[0]
+    assert client.predict(handle_file(str(example)), "toy", api_name="/check_image") == ""
+
+
+def test_the_sweep_summary_names_the_strengths_between_which_the_answer_changes(client, image_file):
+    """Read the returned table outward from strength 1 (scale mode): the summary must name the last strength that
+    keeps the unedited answer and the first that does not."""
+    _, latents, *_ = client.predict(
+        handle_file(image_file), LABELS, "a {}", "", "logit_difference", 5, api_name="/attribute"
+    )
+    for latent in [row[0] for row in latents["data"]]:
+        table, _, summary = client.predict(
+            handle_file(image_file), LABELS, "a {}", latent, -6, 1, 15, "scale", "", "logit_difference",
+            api_name="/sweep",
+        )  # fmt: skip
+        rows = [row for row in table["data"] if row[1] == f"latent {latent}"]
+        unedited = next(row[5] for row in rows if row[0] == 1)
+        below = sorted((row for row in rows if row[0] < 1), key=lambda row: -row[0])
+        flip = next((k for k, row in enumerate(below) if row[5] != unedited), None)
+        if flip is None or flip == 0:
+            continue
+        assert f"Unedited (strength 1) the model says **{unedited}**" in summary
+        assert f"down to {readings.number(below[flip - 1][0])} and becomes **{below[flip][5]}** at " in summary
+        assert summary.rstrip().split(" at ", 2)[1].startswith(readings.number(below[flip][0]))
+        return
+    pytest.fail("no top latent changes the answer between strengths -6 and 1")
+
+
+def test_tables_show_three_significant_digits(client, image_file):
+    table, _, _ = client.predict(
+        handle_file(image_file), LABELS, "a {}", 3, -1, 3, 7, "scale", "", "logit_difference", api_name="/sweep"
+    )
+    numbers = [value for row in table["data"] for value in row if isinstance(value, float)]
+    assert numbers and all(value == readings.significant(value) for value in numbers)
+    shown = [value for row in table["metadata"]["display_value"] for value in row]
+    assert all(len(value.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= 3 for value in shown[2::6])
+
+
+def test_a_target_with_markup_comes_back_escaped_with_both_quotes(client, image_file):
+    label = "<a href=x>dog</a>"
+    with pytest.raises(Exception) as raised:
+        client.predict(handle_file(image_file), LABELS, "a {}", label, "logit_difference", 3, api_name="/attribute")
+    message = str(raised.value)
+    assert f"&#x27;{html.escape(label)}&#x27;" in message and label not in message
+
+
+def test_the_not_an_image_message_shows_no_server_path(client, tmp_path):
+    bad_file = tmp_path / "notes.png"
+    bad_file.write_text("this is not an image")
+    with pytest.raises(Exception, match="not an image") as raised:
+        client.predict(handle_file(str(bad_file)), LABELS, "a {}", "", "logit_difference", 3, api_name="/attribute")
+    assert "notes.png" in str(raised.value)
+    assert "/tmp" not in str(raised.value) and "gradio" not in str(raised.value)
+
+
+def test_the_analysis_exports_as_one_self_contained_html_file(client, image_file):
+    """The shareable report: everything inline (opens offline), the reading and tables in it, user text escaped."""
+    from pathlib import Path
+
+    labels = f"{LABELS}, <b>dog</b>"
+    exported = client.predict(
+        handle_file(image_file), labels, "a {}", "", "logit_difference", 4, api_name="/export_attribution"
+    )
+    page = Path(exported if isinstance(exported, str) else exported["path"]).read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 5  # image + 4 heatmaps
+    assert "The model says" in page and "Top latents" in page and "Faithfulness" in page
+    assert "&lt;b&gt;dog&lt;/b&gt;" in page and "<b>dog</b>" not in page
+    assert "http://" not in page and "https://" not in page and "/tmp/" not in page

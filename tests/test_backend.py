@@ -1,68 +1,69 @@
 import pytest
 import torch
 
-from engine.hooks import attached
 
-
-def test_prefix_then_suffix_equals_the_models_own_forward(bench, scene_images):
+def test_prefix_then_suffix_equals_the_models_own_forward(workbench, scene_images):
     images, _ = scene_images
-    pixels = bench.backend.pixels(images)
+    pixels = workbench.backend.pixels(images)
     with torch.no_grad():
-        for site in bench.backend.sites:
-            split = bench.backend.suffix(bench.backend.prefix(pixels, site), site)
-            torch.testing.assert_close(split, bench.backend.encode_image(pixels), rtol=1e-5, atol=1e-5)
+        for site in workbench.backend.sites:
+            split = workbench.backend.suffix(workbench.backend.prefix(pixels, site), site)
+            torch.testing.assert_close(split, workbench.backend.encode_image(pixels), rtol=1e-5, atol=1e-5)
 
 
-def test_site_activations_equal_open_clips_forward_intermediates(bench, image):
-    pixels = bench.backend.pixels([image])
-    index = bench.backend.block_index(bench.site)
+def test_site_activations_equal_open_clips_forward_intermediates(workbench, image):
+    pixels = workbench.backend.pixels([image])
+    index = workbench.backend.block_index(workbench.site)
     with torch.no_grad():
-        out = bench.backend.visual.forward_intermediates(
+        out = workbench.backend.visual.forward_intermediates(
             pixels, indices=[index], output_fmt="NLC", output_extra_tokens=True, intermediates_only=True
         )
-        ours = bench.backend.prefix(pixels, bench.site)
+        ours = workbench.backend.prefix(pixels, workbench.site)
     torch.testing.assert_close(ours[:, 1:], out["image_intermediates"][0])
     torch.testing.assert_close(ours[:, :1], out["image_intermediates_prefix"][0])
 
 
-def test_hooked_site_module_output_is_the_prefix(bench, image):
-    pixels = bench.backend.pixels([image])
+def test_hooked_site_module_output_is_the_prefix(workbench, image):
+    pixels = workbench.backend.pixels([image])
     seen = []
-    with torch.no_grad(), attached([(bench.backend.site_module(bench.site), lambda m, i, o: seen.append(o))]):
-        bench.backend.encode_image(pixels)
-        prefix = bench.backend.prefix(pixels, bench.site)
+    with (
+        torch.no_grad(),
+        workbench.model.hooked([(workbench.backend.site_module(workbench.site), lambda m, i, o: seen.append(o))]),
+    ):
+        workbench.backend.encode_image(pixels)
+        prefix = workbench.backend.prefix(pixels, workbench.site)
     torch.testing.assert_close(seen[0], prefix)
 
 
-def test_unknown_site_names_the_valid_ones(bench):
+def test_unknown_site_names_the_valid_ones(workbench):
     with pytest.raises(ValueError, match=r"valid: blocks.0.resid_post .. blocks.3.resid_post"):
-        bench.backend.block_index("blocks.9.resid_post")
+        workbench.backend.block_index("blocks.9.resid_post")
 
 
-def test_sae_error_term_makes_insertion_a_no_op(bench, image):
-    (state,) = bench.site_states([image])
-    rebuilt = bench.sae.decode(state.f_TS) + state.error_TD
+def test_sae_error_term_makes_insertion_a_no_op(workbench, image):
+    (state,) = workbench.site_states([image])
+    rebuilt = workbench.sae.decode(state.f_TS) + state.error_TD
     torch.testing.assert_close(rebuilt, state.acts_TD, rtol=0, atol=1e-5)
 
 
-def test_site_states_are_cached_by_image_content(bench, scene_images):
+def test_site_states_are_cached_by_image_content(workbench, scene_images):
     images, _ = scene_images
-    first = bench.site_states([images[1]])[0]
-    again = bench.site_states([images[1].copy()])[0]
+    first = workbench.site_states([images[1]])[0]
+    again = workbench.site_states([images[1].copy()])[0]
     assert first is again
 
 
-def test_half_precision_workbench_agrees_with_float32(bench, scene_images):
+def test_half_precision_workbench_agrees_with_float32(workbench, scene_images):
     from engine import attribution, steering
-    from engine.resident import Workbench
+    from engine.resident import load_workbench
     from engine.specs import ModelSpec, SAESpec
 
     from .conftest import SHAPES
 
-    half = Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="bfloat16")
+    half = load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu", dtype="bfloat16")
     images, _ = scene_images
     assert half.backend.model.visual.conv1.weight.dtype == torch.bfloat16
-    logits_half, logits_full = half.predict(images, SHAPES), bench.predict(images, SHAPES)
+    logits_half, logits_full = half.predict(images, SHAPES), workbench.predict(images, SHAPES)
     assert logits_half.dtype == torch.float32
     assert torch.equal(logits_half.argmax(-1), logits_full.argmax(-1))
     torch.testing.assert_close(logits_half, logits_full, rtol=0.05, atol=0.5)
@@ -72,9 +73,9 @@ def test_half_precision_workbench_agrees_with_float32(bench, scene_images):
     assert len(swept["latent"]["logit_difference"]) == 3
     added = steering.steer(half, images[0], SHAPES, steering.Edit((result.top(1)[0],), (2.0,), "add"))
     assert added["before"] != added["after"]
-    assert half.backend.logit_scale == bench.backend.logit_scale  # read before the cast: not rounded
+    assert half.backend.logit_scale == workbench.backend.logit_scale  # read before the cast: not rounded
     with pytest.raises(ValueError, match="valid: float32, bfloat16, float16"):
-        Workbench(ModelSpec.toy(), SAESpec.toy(), torch.device("cpu"), dtype="int8")
+        load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu", dtype="int8")
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +105,19 @@ def test_vit_b32_sites_equal_forward_intermediates_and_the_split_equals_encode_i
 
 def test_an_sae_for_another_width_is_refused_with_what_was_found(tmp_path):
     from engine.bench import random_sae
-    from engine.resident import Workbench
-    from engine.sae import SAEFormatError
+    from engine.errors import SAEFormatError
+    from engine.resident import load_workbench
     from engine.sources import AllowedDirs
     from engine.specs import ModelSpec, SAESpec
 
     random_sae(768, 64, 4, "blocks.2.resid_post").save(tmp_path)
     with pytest.raises(SAEFormatError, match=r"d_in=768.*width 96 at blocks.2.resid_post"):
-        Workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path]))
+        load_workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), "cpu", allowed=AllowedDirs.default([tmp_path]))
 
 
 @pytest.mark.parametrize("which", ["toy", "vit_b32"])
-def test_text_encoding_over_trimmed_tokens_equals_open_clips_own(which, bench, request):
-    backend = bench.backend if which == "toy" else request.getfixturevalue("vit_b32")
+def test_text_encoding_over_trimmed_tokens_equals_open_clips_own(which, workbench, request):
+    backend = workbench.backend if which == "toy" else request.getfixturevalue("vit_b32")
     prompts = ["a circle", "a large red circle in the top left on a plain background", "x", "a photo of a cat."] * 70
     ours = backend.encode_text(prompts, chunk=100)
     with torch.no_grad():
@@ -133,4 +134,4 @@ def test_concurrent_first_requests_for_a_model_share_one_load():
 
     with ThreadPoolExecutor(4) as pool:
         loaded = list(pool.map(lambda _: load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu", 77), range(4)))
-    assert all(bench is loaded[0] for bench in loaded)
+    assert all(workbench is loaded[0] for workbench in loaded)

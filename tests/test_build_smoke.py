@@ -2,9 +2,7 @@
 
 import json
 
-import torch
-
-from engine.resident import Workbench
+from engine.resident import load_workbench
 from engine.sources import AllowedDirs
 from engine.specs import ModelSpec, SAESpec
 from engine.toyworld import build
@@ -24,11 +22,11 @@ def test_tiny_build_produces_loadable_assets(tmp_path):
         "marker",
     }
     assert "explained_variance_heldout" in sae_manifest["metrics"]
-    bench = Workbench(
+    workbench = load_workbench(
         ModelSpec("open_clip", f"local-dir:{tmp_path / 'toy_clip'}", prompt_template="a {}"),
         SAESpec(str(tmp_path / "toy_sae")),
-        torch.device("cpu"),
+        "cpu",
         allowed=AllowedDirs.default([tmp_path]),
     )
-    assert bench.latent_info is not None and len(bench.latent_info.labels) == bench.d_sae
+    assert workbench.latent_info is not None and len(workbench.latent_info.labels) == workbench.d_sae
     assert len(list((tmp_path / "examples").glob("*.png"))) == len(build.EXAMPLES)

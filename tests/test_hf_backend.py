@@ -16,11 +16,13 @@ from PIL import Image
 from engine import attribution, sources, steering, zeroshot
 from engine.backends import ModelUnavailableError
 from engine.backends.hf_clip_backend import HFClipBackend
+from engine.edits import NO_EDIT, Edit, edit_delta, edited_logits
 from engine.hooks import attached
-from engine.resident import Workbench
+from engine.resident import load_workbench
 from engine.sae import SAE, SAEConfig
 from engine.specs import ModelSpec, SAESpec
 
+from .references import hooked_steered_logits
 from .tiny_models import SITE, VISION_WIDTH, build_tiny_clip, build_tiny_siglip
 
 BUILDERS = {"clip": build_tiny_clip, "siglip": build_tiny_siglip}
@@ -54,7 +56,7 @@ def sae_dir(tmp_path_factory):
 def workbench(model_dir, sae_dir):
     with pytest.MonkeyPatch.context() as patch:  # tmp directories are outside the default allowed ones
         patch.setenv(sources.ALLOWED_DIRS_ENV, os.pathsep.join([str(model_dir), str(sae_dir)]))
-        return Workbench(ModelSpec(family="hf_clip", name=str(model_dir)), SAESpec(path=str(sae_dir)), CPU)
+        return load_workbench(ModelSpec(family="hf_clip", name=str(model_dir)), SAESpec(path=str(sae_dir)), "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -179,43 +181,37 @@ def test_strength_one_and_empty_edit_are_exact_no_ops(workbench, images):
     text = workbench.text_embeddings(LABELS)
     (state,) = workbench.site_states(images[:1])
     latents = tuple(state.f_TS.sum(0).topk(4).indices.tolist())
-    edits = [steering.Edit((), ()), steering.Edit(latents, (1.0,) * 4)]
-    logits = steering.steered_logits(workbench, [state], edits, text)
+    edits = [NO_EDIT, Edit(latents, (1.0,) * 4)]
+    logits = edited_logits(workbench, [state], edits, text)
     assert torch.equal(logits[1, 0], logits[0, 0])
     torch.testing.assert_close(logits[0, 0], workbench.predict(images[:1], LABELS)[0])
     result = steering.steer(workbench, images[0], LABELS, edits[1])
     assert result["before"] == result["after"]
 
 
-def test_batched_sweep_equals_one_hooked_full_forward_per_strength(workbench, images):
-    bench, image = workbench, images[0]
-    (state,) = bench.site_states([image])
+@pytest.mark.parametrize(
+    ("mode", "patches", "strengths"), [("scale", None, [-1.0, 0.0, 0.5, 1.0, 2.5]), ("add", (0, 7), [2.0, 6.0])]
+)
+def test_batched_sweep_equals_one_hooked_full_forward_per_strength(workbench, images, mode, patches, strengths):
+    """Against the reference that edits the code with the SAE's own encode and decode (tests/references.py)."""
+    image = images[0]
+    (state,) = workbench.site_states([image])
     latent = int(state.f_TS.sum(0).argmax())
-    strengths = [-1.0, 0.0, 0.5, 1.0, 2.5]
-    result = steering.sweep(bench, image, LABELS, latent, strengths)
+    result = steering.sweep(workbench, image, LABELS, latent, strengths, mode=mode, patches=patches)
     target = LABELS.index(result["target"])
-    text = bench.text_embeddings(LABELS)
-    typical_S = steering.typical_activation(bench)
+    typical_S = workbench.typical_activation()
     for s, fast in zip(strengths, result["latent"]["logit_difference"], strict=True):
-        edit = steering.Edit((latent,), (s,))
-
-        def add_edit(module, inputs, output, edit=edit):
-            f_TS = bench.sae.encode(output[0])
-            return output + steering.edit_delta(f_TS, bench.sae.W_dec, edit, typical_S, bench.backend.n_prefix_tokens)
-
-        with torch.no_grad(), attached([(bench.backend.site_module(bench.site), add_edit)]):
-            emb = bench.backend.encode_image(bench.backend.pixels([image]))
-        slow_logits = zeroshot.zero_shot_logits(emb, text, bench.backend.logit_scale)
-        slow = float(zeroshot.logit_difference(slow_logits, target)[0])
-        assert math.isclose(fast, slow, rel_tol=1e-4, abs_tol=1e-4)
+        slow_L = hooked_steered_logits(workbench, image, [latent], [s], LABELS, mode, patches, typical_S)
+        slow = float(zeroshot.logit_difference(slow_L[None], target)[0])
+        assert math.isclose(fast, slow, rel_tol=1e-4, abs_tol=1e-4), (s, fast, slow)
 
 
 def test_add_mode_patches_skip_the_prefix_tokens(workbench, images):
     (state,) = workbench.site_states(images[:1])
     n_prefix = workbench.backend.n_prefix_tokens
-    edit = steering.Edit((3,), (2.0,), mode="add", patches=(0, 7))
-    delta = steering.edit_delta(state.f_TS, workbench.sae.W_dec, edit, steering.typical_activation(workbench), n_prefix)
+    typical_S = workbench.typical_activation()
+    delta = edit_delta(state.f_TS, workbench.sae.W_dec, Edit((3,), (2.0,), "add", (0, 7)), typical_S, n_prefix)
     assert (delta.abs().sum(-1) > 0).nonzero().flatten().tolist() == [n_prefix, n_prefix + 7]
-    everywhere = steering.Edit((3,), (2.0,), mode="add")
-    delta = steering.edit_delta(state.f_TS, workbench.sae.W_dec, everywhere, torch.ones(workbench.d_sae), n_prefix)
+    everywhere = Edit((3,), (2.0,), mode="add")
+    delta = edit_delta(state.f_TS, workbench.sae.W_dec, everywhere, torch.ones(workbench.d_sae), n_prefix)
     assert int((delta.abs().sum(-1) > 0).sum()) == n_prefix + math.prod(workbench.backend.grid)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.sae import SAE, SAEConfig, SAEFormatError
+from engine.sae_formats import load_sae
 
 
 def random_sae(architecture="topk", seed=0):
@@ -19,7 +20,7 @@ def test_save_load_round_trip(tmp_path, architecture):
     sae = random_sae(architecture)
     sae.save(tmp_path / "sae")
     assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.1.resid_post"
-    loaded = SAE.load(tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
     x = torch.randn(5, 16)
     assert loaded.config == sae.config
     assert torch.equal(loaded.encode(x), sae.encode(x))
@@ -34,8 +35,8 @@ def test_topk_keeps_k_nonnegative_latents():
 
 def test_load_errors_say_what_was_found(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(SAEFormatError, match=r"expected cfg.json and sae_weights.safetensors; found \['notes.txt'\]"):
-        SAE.load(tmp_path)
+    with pytest.raises(SAEFormatError, match=r"found files \['notes.txt'\].*a directory with cfg.json and sae_weights"):
+        load_sae(tmp_path)
     with pytest.raises(SAEFormatError, match="unknown SAE architecture 'gated'; valid: topk, relu, jumprelu"):
         SAEConfig(d_in=4, d_sae=8, architecture="gated", hook_name="x")
 
@@ -45,5 +46,7 @@ def test_load_rejects_mismatched_shapes(tmp_path):
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     cfg["d_sae"] = 32
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEFormatError, match="expected tensors"):
-        SAE.load(tmp_path)
+    with pytest.raises(
+        SAEFormatError, match=r"cfg.json declares d_in=16, d_sae=32, but the saelens tensors have d_in=16, d_sae=64"
+    ):
+        load_sae(tmp_path)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.sae import SAE, SAEConfig, SAEFormatError
-from engine.sae_formats import SAE_FORMATS, detect_format, load_sae, resid_site
+from engine.sae_formats import REGISTRY, SAE_FORMATS, detect_format, load_sae, resid_site
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sae"
 
@@ -118,7 +118,6 @@ def test_native_files_round_trip(tmp_path):
     assert again.config == sae.config
     x = torch.randn(3, 16)
     assert torch.equal(again.encode(x), sae.encode(x))
-    assert SAE.load(tmp_path / "native").config == sae.config
 
 
 class _WritesAMarker:
@@ -161,3 +160,78 @@ def test_a_vit_prisma_folder_with_its_sparsity_log_still_loads(tmp_path):
     shutil.copytree(FIXTURES / "vit_prisma", folder)
     shutil.copy(folder / "weights.pt", folder / "n_images_26_log_feature_sparsity.pt")
     assert detect_format(folder) == "vit_prisma"
+
+
+def _set_json(path, keys, value):
+    data = json.loads(path.read_text())
+    node = data
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    path.write_text(json.dumps(data))
+
+
+def test_a_native_config_that_contradicts_its_tensors_is_refused(tmp_path):
+    SAE(SAEConfig(d_in=4, d_sae=8, architecture="relu", hook_name="blocks.0.resid_post")).save(tmp_path)
+    _set_json(tmp_path / "cfg.json", ["d_in"], 8)
+    with pytest.raises(SAEFormatError, match=r"cfg.json declares d_in=8, d_sae=8, but the saelens tensors have d_in=4"):
+        load_sae(tmp_path)
+
+
+# fixture, the config file in it, the keys of the size to misstate, the wrong size, what the message says
+MISSTATED = [
+    ("saelens/standard", "cfg.json", ["d_sae"], 32, "cfg.json declares d_in=16, d_sae=32, but the saelens"),
+    (
+        "sparsify/vision_model.encoder.layers.2",
+        "cfg.json",
+        ["d_in"],
+        8,
+        "cfg.json declares d_in=8, d_sae=64, but the sparsify",
+    ),
+    ("vit_prisma", "config.json", ["d_in"], 8, "config.json declares d_in=8, d_sae=64, but the vit_prisma"),
+    (
+        "dictionary_learning/topk",
+        "config.json",
+        ["trainer", "dict_size"],
+        128,
+        "config.json declares d_in=16, d_sae=128, but the dictionary_learning",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "config", "keys", "size", "message"), MISSTATED, ids=[c[0] for c in MISSTATED])
+def test_declared_sizes_are_checked_against_the_tensors(tmp_path, name, config, keys, size, message):
+    directory = shutil.copytree(FIXTURES / name, tmp_path / Path(name).name)
+    _set_json(directory / config, keys, size)
+    with pytest.raises(SAEFormatError, match=rf"{message} tensors have d_in=16, d_sae=64 \(W_enc \[16, 64\]\)"):
+        load_sae(directory)
+
+
+def test_sizes_in_a_saev_header_or_a_pickled_config_are_checked_too(tmp_path):
+    header_line, rest = (FIXTURES / "saev/legacy/sae.pt").read_bytes().split(b"\n", 1)
+    header = json.loads(header_line)
+    assert (header["d_vit"], header["exp_factor"]) == (16, 4)
+    header["exp_factor"] = 8
+    (tmp_path / "sae.pt").write_bytes(json.dumps(header).encode() + b"\n" + rest)
+    with pytest.raises(SAEFormatError, match=r"the sae.pt header declares d_in=16, d_sae=128, but the saev tensors"):
+        load_sae(tmp_path / "sae.pt", site="blocks.1.resid_post")
+    state = load_sae(FIXTURES / "patchsae").state_dict()
+    torch.save({"cfg": {"block_layer": 8, "d_in": 16, "expansion_factor": 2}, "state_dict": state}, tmp_path / "p.pt")
+    with pytest.raises(SAEFormatError, match=r"the cfg pickled in p.pt declares d_in=16, d_sae=32, but the patchsae"):
+        load_sae(tmp_path / "p.pt")
+
+
+def test_the_registry_order_decides_between_formats_that_could_claim_the_same_file(tmp_path):
+    assert [fmt.name for fmt in REGISTRY] == list(SAE_FORMATS)
+    state = load_sae(FIXTURES / "patchsae").state_dict()
+    torch.save({"cfg": {"block_layer": 8, "hook_point_layer": 8}, "state_dict": state}, tmp_path / "both.pt")
+    assert detect_format(tmp_path / "both.pt") == "patchsae"  # patchsae is asked before vit_prisma
+    both = tmp_path / "ae_and_sae"
+    both.mkdir()
+    shutil.copy(FIXTURES / "dictionary_learning/standard/ae.pt", both / "ae.pt")
+    shutil.copy(FIXTURES / "saev/legacy/sae.pt", both / "sae.pt")
+    assert detect_format(both) == "dictionary_learning"  # ae.pt is looked for before sae.pt
+    renamed = tmp_path / "saev_named_ae"
+    renamed.mkdir()
+    shutil.copy(FIXTURES / "saev/legacy/sae.pt", renamed / "ae.pt")
+    assert detect_format(renamed) == "saev"  # the name ae.pt does not claim a file that is not a torch file

@@ -3,11 +3,10 @@
 import time
 
 import pytest
-import torch
 
 from engine.backends import ModelUnavailableError
 from engine.registry import parse_model, parse_sae, preset
-from engine.resident import Workbench
+from engine.resident import load_workbench
 from engine.sources import AllowedDirs, PathNotAllowedError, hub_guard, resolve_sae_source
 from engine.specs import ModelSpec, SAESpec
 
@@ -44,7 +43,7 @@ def test_paths_outside_the_allowed_directories_are_refused(tmp_path):
         with pytest.raises(PathNotAllowedError, match="--allow-dir"):
             allowed.check(path)
     with pytest.raises(PathNotAllowedError):
-        Workbench(ModelSpec.toy(), SAESpec(str(outside)), torch.device("cpu"), allowed=allowed)
+        load_workbench(ModelSpec.toy(), SAESpec(str(outside)), "cpu", allowed=allowed)
 
 
 def test_operator_named_paths_are_allowed(tmp_path):
@@ -87,7 +86,7 @@ def test_a_missing_open_clip_model_fails_fast_and_says_how_to_provide_it(hub, re
         request.getfixturevalue("unreachable_hub")
     start = time.monotonic()
     with pytest.raises(ModelUnavailableError, match=r"ViT-B-32 \(openai\).*local-dir"):
-        Workbench(ModelSpec("open_clip", "ViT-B-32", "openai"), SAESpec.toy(), torch.device("cpu"))
+        load_workbench(ModelSpec("open_clip", "ViT-B-32", "openai"), SAESpec.toy(), "cpu")
     assert time.monotonic() - start < 10
 
 

@@ -3,85 +3,94 @@ import math
 import pytest
 import torch
 
-from engine import steering, zeroshot
-from engine.hooks import attached
+from engine import attribution, edits, heldout, steering, zeroshot
+from engine.edits import NO_EDIT, Edit, edited_logits
+from engine.resident import load_workbench
 
 from .conftest import SHAPES
+from .references import hooked_steered_logits
 
 
-def full_forward_with_steering_hook(bench, image, edit, text_emb_LE):
-    """The slow reference: one whole forward pass with a hook that adds the edit at the site."""
-    (state,) = bench.site_states([image])
-    delta_TD = steering.edit_delta(
-        state.f_TS, bench.sae.W_dec, edit, steering.typical_activation(bench), bench.backend.n_prefix_tokens
-    )
-
-    def add_edit(module, inputs, output):
-        sae = bench.sae
-        f_TS = sae.encode(output[0])
-        fresh = steering.edit_delta(f_TS, sae.W_dec, edit, steering.typical_activation(bench), 1)
-        assert torch.allclose(fresh, delta_TD, atol=1e-4)
-        return output + fresh
-
-    with torch.no_grad(), attached([(bench.backend.site_module(bench.site), add_edit)]):
-        emb = bench.backend.encode_image(bench.backend.pixels([image]))
-    return zeroshot.zero_shot_logits(emb, text_emb_LE, bench.backend.logit_scale)[0]
+def top_latent(workbench, image):
+    """The latent with the largest attribution: one that moves the prediction (the most active one may fire
+    only where the suffix does not read, e.g. on patches after the last block)."""
+    return attribution.attribute(workbench, image, SHAPES).top(1)[0]
 
 
-def top_latent(bench, image):
-    (state,) = bench.site_states([image])
-    return int(state.f_TS.sum(0).argmax())
-
-
-def test_strength_one_and_empty_edit_are_exact_no_ops(bench, image):
-    text = bench.text_embeddings(SHAPES)
-    (state,) = bench.site_states([image])
+def test_strength_one_and_empty_edit_are_exact_no_ops(workbench, image):
+    text = workbench.text_embeddings(SHAPES)
+    (state,) = workbench.site_states([image])
     latents = tuple(state.f_TS.sum(0).topk(5).indices.tolist())
-    logits = steering.steered_logits(bench, [state], [steering.Edit((), ()), steering.Edit(latents, (1.0,) * 5)], text)
+    logits = edited_logits(workbench, [state], [NO_EDIT, Edit(latents, (1.0,) * 5)], text)
     assert torch.equal(logits[1, 0], logits[0, 0])  # same pass: bit for bit
-    torch.testing.assert_close(logits[0, 0], bench.predict([image], SHAPES)[0])  # other batch size: kernels differ
-    delta = steering.edit_delta(
-        state.f_TS, bench.sae.W_dec, steering.Edit(latents, (1.0,) * 5), torch.ones(bench.d_sae), 1
-    )
-    assert torch.count_nonzero(delta) == 0
-    assert torch.equal(state.acts_TD + delta, state.acts_TD)
+    torch.testing.assert_close(logits[0, 0], workbench.predict([image], SHAPES)[0])  # other batch size: kernels differ
+    acts = edits.edited_acts(workbench, [state], [Edit(latents, (1.0,) * 5)])[0, 0]
+    assert torch.equal(acts, state.acts_TD)  # not close: equal, bit for bit
 
 
-def test_batched_sweep_equals_one_full_forward_per_strength(bench, image):
-    latent = top_latent(bench, image)
-    strengths = [-1.0, 0.0, 0.5, 1.0, 2.5]
-    result = steering.sweep(bench, image, SHAPES, latent, strengths)
+@pytest.mark.parametrize(
+    ("mode", "patches", "strengths"),
+    [
+        ("scale", None, [-1.0, 0.0, 0.5, 1.0, 2.5]),
+        ("add", None, [-2.0, 1.0, 4.0]),
+        ("add", tuple(range(0, 36, 2)), [3.0, 8.0]),
+    ],
+)
+def test_batched_sweep_equals_one_hooked_full_forward_per_strength(workbench, image, mode, patches, strengths):
+    """The fast sweep (cached prefix, decoder-row arithmetic, one batched suffix) against one full forward per
+    strength that edits the SAE code with the SAE's own encode and decode (tests/references.py)."""
+    latent = top_latent(workbench, image)
+    result = steering.sweep(workbench, image, SHAPES, latent, strengths, mode=mode, patches=patches)
     target = SHAPES.index(result["target"])
-    text = bench.text_embeddings(SHAPES)
+    typical_S = workbench.typical_activation()
+    unedited_L = workbench.predict([image], SHAPES)[0]
+    others_L = unedited_L.clone()
+    others_L[target] = -math.inf
+    unedited = float(unedited_L[target] - others_L.max())
+    moved = 0.0
     for s, fast in zip(strengths, result["latent"]["logit_difference"], strict=True):
-        slow_logits = full_forward_with_steering_hook(bench, image, steering.Edit((latent,), (s,)), text)
-        slow = float(zeroshot.logit_difference(slow_logits[None], target)[0])
-        assert math.isclose(fast, slow, rel_tol=1e-4, abs_tol=1e-4)
+        slow_L = hooked_steered_logits(workbench, image, [latent], [s], SHAPES, mode, patches, typical_S)
+        others = slow_L.clone()
+        others[target] = -math.inf
+        slow = float(slow_L[target] - others.max())
+        assert math.isclose(fast, slow, rel_tol=1e-4, abs_tol=1e-4), (s, fast, slow)
+        moved = max(moved, abs(fast - unedited))
+    assert moved > 0.01  # the comparison is not between two unchanged runs
 
 
-def test_add_mode_touches_only_the_chosen_patches(bench, image):
-    (state,) = bench.site_states([image])
-    edit = steering.Edit((3,), (2.0,), mode="add", patches=(0, 7))
-    delta = steering.edit_delta(state.f_TS, bench.sae.W_dec, edit, steering.typical_activation(bench), 1)
+def test_add_mode_touches_only_the_chosen_patches(workbench, image):
+    (state,) = workbench.site_states([image])
+    typical_S = workbench.typical_activation()
+    delta = edits.edit_delta(state.f_TS, workbench.sae.W_dec, Edit((3,), (2.0,), "add", (0, 7)), typical_S, 1)
     touched = delta.abs().sum(-1) > 0
     assert touched.nonzero().flatten().tolist() == [1, 8]
-    expected = 2.0 * steering.typical_activation(bench)[3] * bench.sae.W_dec[3]
+    expected = 2.0 * typical_S[3] * workbench.sae.W_dec[3]
     torch.testing.assert_close(delta[1], expected)
 
 
-def test_steering_keeps_the_error_term(bench, image):
-    """Suppressing a latent moves the activation by exactly f_i * W_dec[i]; the rest, error included, stays."""
-    (state,) = bench.site_states([image])
-    latent = top_latent(bench, image)
-    delta = steering.edit_delta(state.f_TS, bench.sae.W_dec, steering.Edit((latent,), (0.0,)), torch.ones(1), 1)
-    expected = -state.f_TS[:, latent : latent + 1] * bench.sae.W_dec[latent]
-    torch.testing.assert_close(delta, expected)
+def test_steering_keeps_the_error_term(workbench, image):
+    """Removing a latent moves the activation by exactly f_i * W_dec[i]: the error term is still in."""
+    (state,) = workbench.site_states([image])
+    latent = top_latent(workbench, image)
+    acts_TD = edits.edited_acts(workbench, [state], [Edit.removal([latent])])[0, 0]
+    expected_TD = state.acts_TD - state.f_TS[:, latent : latent + 1] * workbench.sae.W_dec[latent]
+    torch.testing.assert_close(acts_TD, expected_TD)
+    rebuilt_TD = (
+        state.f_TS
+        - state.f_TS[:, latent : latent + 1] * torch.nn.functional.one_hot(torch.tensor(latent), workbench.d_sae)
+    ) @ workbench.sae.W_dec + workbench.sae.b_dec  # the reconstruction alone, without the error
+    assert not torch.allclose(acts_TD, rebuilt_TD, atol=1e-3)
 
 
-def test_random_baseline_is_norm_matched(bench):
-    direction = steering.random_direction_like(bench.sae.W_dec, 5, seed=1)
-    assert math.isclose(float(direction.norm()), float(bench.sae.W_dec[5].norm()), rel_tol=1e-5)
-    assert not torch.allclose(direction, bench.sae.W_dec[5])
+def test_a_latent_given_twice_is_refused_not_doubled(workbench, image):
+    with pytest.raises(ValueError, match="each latent may appear once in an edit; repeated: 5"):
+        Edit((5, 5), (0.0, 0.0))
+
+
+def test_random_baseline_is_norm_matched(workbench):
+    direction = steering.random_direction_like(workbench.sae.W_dec, 5, seed=1)
+    assert math.isclose(float(direction.norm()), float(workbench.sae.W_dec[5].norm()), rel_tol=1e-5)
+    assert not torch.allclose(direction, workbench.sae.W_dec[5])
 
 
 @pytest.mark.parametrize("strength", [float("nan"), float("inf"), 1e9])
@@ -90,41 +99,42 @@ def test_absurd_strengths_are_refused(strength):
         steering.Edit((1,), (strength,))
 
 
-def test_unknown_latent_and_mode_are_refused(bench, image):
-    with pytest.raises(ValueError, match=f"unknown latent id {bench.d_sae}; valid: 0 .. {bench.d_sae - 1}"):
-        steering.steer(bench, image, SHAPES, steering.Edit((bench.d_sae,), (0.0,)))
+def test_unknown_latent_and_mode_are_refused(workbench, image):
+    with pytest.raises(ValueError, match=f"unknown latent id {workbench.d_sae}; valid: 0 .. {workbench.d_sae - 1}"):
+        steering.steer(workbench, image, SHAPES, steering.Edit((workbench.d_sae,), (0.0,)))
+    with pytest.raises(ValueError, match="unknown latent id -1"):
+        steering.steer(workbench, image, SHAPES, steering.Edit((-1,), (0.0,)))
     with pytest.raises(ValueError, match="valid: scale, add"):
         steering.Edit((1,), (0.0,), mode="multiply")
 
 
-def test_ripple_reports_accuracy_per_label(bench, scene_images):
-    images, scenes = scene_images
+def test_ripple_reports_accuracy_per_label(workbench, scene_images):
     from engine.toyworld import captions
 
+    images, scenes = scene_images
     truth = captions.truth_for_labels(SHAPES, scenes)
-    rows = steering.ripple(bench, images, SHAPES, steering.Edit((0,), (1.0,)), truth)
-    assert [r["label"] for r in rows] == SHAPES
-    assert sum(r["predicted_before"] for r in rows) == len(images)
-    for row in rows:  # strength 1: nothing moves
+    top = sorted({i for image in images for i in attribution.attribute(workbench, image, SHAPES).top(10)})
+    unchanged = steering.ripple(workbench, images, SHAPES, Edit((top[0],), (1.0,)), truth)
+    removed = steering.ripple(workbench, images, SHAPES, Edit.removal(top), truth)
+    for rows in (unchanged, removed):
+        assert [r["label"] for r in rows] == SHAPES
+        assert sum(r["predicted_before"] for r in rows) == sum(r["predicted_after"] for r in rows) == len(images)
+        assert sum(r["images"] for r in rows) == len(images)
+    for row in unchanged:  # strength 1: nothing moves
         assert row["predicted_before"] == row["predicted_after"]
-
-
-def test_concurrent_requests_equal_sequential_ones(bench, scene_images):
-    from concurrent.futures import ThreadPoolExecutor
-
-    images, _ = scene_images
-    edits = [steering.Edit((i,), (0.0,)) for i in range(4)]
-    jobs = [(images[i % len(images)], edit) for i, edit in enumerate(edits * 2)]
-    sequential = [steering.steer(bench, im, SHAPES, e)["after"] for im, e in jobs]
-    with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda job: steering.steer(bench, job[0], SHAPES, job[1])["after"], jobs))
-    assert parallel == sequential
+        if row["images"]:
+            assert row["accuracy_before"] == row["accuracy_after"]
+    predictions = workbench.predict(images, SHAPES).argmax(-1).tolist()
+    for j, row in enumerate(removed):  # "before" is the model's own accuracy per label
+        members = [i for i, t in enumerate(truth) if t == j]
+        if members:
+            assert row["accuracy_before"] == sum(predictions[i] == j for i in members) / len(members)
+    assert any(r["predicted_before"] != r["predicted_after"] for r in removed)
 
 
 def test_an_sae_that_normalises_its_input_is_steered_through_its_own_decode(tmp_path, image):
     """For a layer_norm SAE, an edit must equal decode(f', x) + error computed by the SAE itself."""
     from engine.bench import random_sae
-    from engine.resident import Workbench
     from engine.sae import SAE, SAEConfig
     from engine.sources import AllowedDirs
     from engine.specs import ModelSpec, SAESpec
@@ -136,24 +146,21 @@ def test_an_sae_that_normalises_its_input_is_steered_through_its_own_decode(tmp_
         for name, param in sae.named_parameters():
             param.copy_(getattr(base, name) + 0.01 * torch.randn_like(param))
     sae.save(tmp_path)
-    bench = Workbench(
-        ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path])
-    )
-    (state,) = bench.site_states([image])
+    workbench = load_workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), "cpu", allowed=AllowedDirs.default([tmp_path]))
+    (state,) = workbench.site_states([image])
     latent = int(state.f_TS.sum(0).argmax())
-    text = bench.text_embeddings(SHAPES)
-    edits = [steering.Edit((), ()), steering.Edit((latent,), (3.0,))]
-    unchanged, fast = steering.steered_logits(bench, [state], edits, text)[:, 0]
+    text = workbench.text_embeddings(SHAPES)
+    unchanged, fast = edited_logits(workbench, [state], [NO_EDIT, Edit((latent,), (3.0,))], text)[:, 0]
 
     def through_decode(module, inputs, output):
-        f_BTS = bench.sae.encode(output)
+        f_BTS = workbench.sae.encode(output)
         edited_BTS = f_BTS.clone()
         edited_BTS[..., latent] *= 3.0
-        return bench.sae.decode(edited_BTS, output) + (output - bench.sae.decode(f_BTS, output))
+        return workbench.sae.decode(edited_BTS, output) + (output - workbench.sae.decode(f_BTS, output))
 
-    with torch.no_grad(), attached([(bench.backend.site_module(bench.site), through_decode)]):
-        emb = bench.backend.encode_image(bench.pixels([image]))
-    slow = zeroshot.zero_shot_logits(emb, text, bench.backend.logit_scale)[0]
+    with torch.no_grad(), workbench.model.hooked([(workbench.backend.site_module(workbench.site), through_decode)]):
+        emb = workbench.backend.encode_image(workbench.pixels([image]))
+    slow = zeroshot.zero_shot_logits(emb, text, workbench.backend.logit_scale)[0]
     assert (fast - unchanged).abs().max() > 0.01
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
@@ -162,22 +169,80 @@ def test_without_shipped_statistics_the_add_unit_comes_from_the_reference_photos
     from PIL import Image
 
     from engine.bench import random_sae
-    from engine.registry import PHOTOS_DIR
-    from engine.resident import Workbench
+    from engine.sources import AllowedDirs
+    from engine.specs import PHOTOS_DIR, ModelSpec, SAESpec
+
+    random_sae(96, 384, 8, "blocks.2.resid_post", seed=4).save(tmp_path)
+    workbench = load_workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), "cpu", allowed=AllowedDirs.default([tmp_path]))
+    assert workbench.latent_info is None
+    typical_S = workbench.typical_activation()
+    assert (typical_S > 0).all()  # a ReLU SAE: every unit positive (fallback included)
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
+    f_NS = torch.cat([s.f_TS for s in workbench.site_states(photos)])
+    latent = int((f_NS != 0).sum(0).argmax())
+    fired_N = f_NS[:, latent][f_NS[:, latent] != 0]
+    assert float(typical_S[latent]) == pytest.approx(float(fired_N.mean()), rel=1e-5)
+    after = steering.steer(workbench, image, SHAPES, steering.Edit((latent,), (2.0,), "add"))
+    assert after["before"] != after["after"]
+
+
+def test_the_add_unit_keeps_the_sign_of_latents_that_fire_negative(tmp_path, image):
+    """A TopK SAE without a ReLU (saev) can pick a latent with a negative value: adding its typical activation
+    must push the way it usually points, so the unit is the signed mean, not the mean of |f|."""
+    from engine.bench import random_sae
+    from engine.sae import SAE, SAEConfig
     from engine.sources import AllowedDirs
     from engine.specs import ModelSpec, SAESpec
 
-    random_sae(96, 384, 8, "blocks.2.resid_post", seed=4).save(tmp_path)
-    bench = Workbench(
-        ModelSpec.toy(), SAESpec(str(tmp_path)), torch.device("cpu"), allowed=AllowedDirs.default([tmp_path])
-    )
-    assert bench.latent_info is None
-    typical_S = steering.typical_activation(bench)
-    assert torch.equal(typical_S, steering.typical_activation(bench)) and (typical_S > 0).all()
-    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
-    f_NS = torch.cat([s.f_TS for s in bench.site_states(photos)])
-    latent = int((f_NS > 0).sum(0).argmax())
-    fired_N = f_NS[:, latent][f_NS[:, latent] > 0]
-    assert float(typical_S[latent]) == pytest.approx(float(fired_N.mean()), rel=1e-5)
-    after = steering.steer(bench, image, SHAPES, steering.Edit((latent,), (2.0,), "add"))
+    base = random_sae(96, 384, 8, "blocks.2.resid_post", seed=5)
+    sae = SAE(SAEConfig(96, 384, "topk", "blocks.2.resid_post", k=8, topk_relu=False))
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            param.copy_(getattr(base, name))
+        sae.b_enc.fill_(-50.0)  # every pre-activation negative: the top k winners are negative values
+    sae.save(tmp_path)
+    workbench = load_workbench(ModelSpec.toy(), SAESpec(str(tmp_path)), "cpu", allowed=AllowedDirs.default([tmp_path]))
+    typical_S = workbench.typical_activation()
+    f_NS = torch.cat([s.f_TS for s in workbench.site_states(list(heldout.photos()))])
+    fired = (f_NS != 0).any(0)
+    assert fired.any() and (f_NS[:, fired][f_NS[:, fired] != 0] < 0).all()
+    assert (typical_S[fired] < 0).all()
+    after = steering.steer(workbench, image, SHAPES, Edit((int(fired.nonzero()[0]),), (1.0,), "add"))
     assert after["before"] != after["after"]
+
+
+def local_latent_for(workbench, concept: str, image, truth) -> int:
+    """Of the latents the toy SAE's ground truth labels ``concept``, the one that fires most on the shape's
+    patches of ``image`` (a scene that has the concept), and its mean activation there."""
+    from engine.evaluate import shape_patches
+
+    info = workbench.latent_info
+    candidates = [i for i, label in enumerate(info.labels) if label == concept]
+    assert candidates, f"no latent is labelled {concept}"
+    (state,) = workbench.site_states([image])
+    on_shape_P = torch.from_numpy(shape_patches(truth, 48 // workbench.backend.grid[1]).flatten())
+    patches_PS = state.f_TS[workbench.backend.n_prefix_tokens :]
+    best = max(candidates, key=lambda i: float(patches_PS[on_shape_P, i].mean()))
+    return best, float(patches_PS[on_shape_P, best].mean())
+
+
+def test_adding_a_colour_latent_at_the_shapes_patches_changes_the_colour(workbench):
+    """Patch-level steering at the mid-tower site: a blue latent added at the red shape's patches turns the answer
+    to "which colour?" blue; the same edit at as many background patches far from the shape does not. (12 typical
+    activations: the red latents stay in place and must be outweighed.)"""
+    from engine.toyworld import captions, render
+
+    scene = render.Scene("circle", "red", "plain", "large", "top left", "absent")
+    image, truth = render.render(scene, seed=11)
+    fraction_P = truth.patch_fraction(render.IMAGE_SIZE // workbench.backend.grid[1])["shape"].flatten()
+    on_shape = tuple(int(p) for p in (fraction_P >= 0.5).nonzero()[0])
+    far = tuple(int(p) for p in (fraction_P == 0).nonzero()[0])[-len(on_shape) :]
+    prompts = captions.factor_prompts(scene, "colour")
+    blue_image, blue_truth = render.render(scene.replace(colour="blue"), seed=11)
+    blue, _ = local_latent_for(workbench, "colour=blue", blue_image, blue_truth)
+    at_shape = steering.steer(workbench, image, prompts, Edit((blue,), (12.0,), "add", on_shape), "{}")
+    elsewhere = steering.steer(workbench, image, prompts, Edit((blue,), (12.0,), "add", far), "{}")
+    assert at_shape["predicted_before"] == captions.caption(scene.as_dict())
+    assert at_shape["predicted_after"] == captions.caption(scene.replace(colour="blue").as_dict())
+    assert elsewhere["predicted_after"] == captions.caption(scene.as_dict())
+    assert not at_shape["warnings"]

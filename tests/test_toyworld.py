@@ -54,7 +54,7 @@ def test_truth_for_labels_maps_single_factor_label_lists():
 
 
 def test_auroc_matrix_equals_the_pairwise_definition_with_ties():
-    from engine.toyworld.train_sae import auroc_matrix
+    from engine.stats import auroc_matrix
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(40, 3)).astype(float)  # many ties

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from engine import attribution
-from ui.common import AppContext, ModelContext, load_image, overlay, parse_labels, parse_latent, save_png, user_errors
+from ui import glossary, readings, share
+from ui.common import (
+    AppContext,
+    ModelContext,
+    clear_on_failure,
+    load_image,
+    overlay,
+    parse_labels,
+    parse_latent,
+    save_png,
+    user_errors,
+    warning_markdown,
+)
 
 METRIC_CHOICES = [
     ("logit difference (target vs best other)", "logit_difference"),
@@ -15,77 +28,116 @@ METRIC_CHOICES = [
 
 
 def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
-    probs = logits_L.softmax(-1).tolist()
-    return pd.DataFrame(
-        {
-            "label": labels,
-            "probability": [round(p, 4) for p in probs],
-            "logit": [round(v, 4) for v in logits_L.tolist()],
-        }
-    )
+    """Labels by decreasing probability, like the chart beside the table."""
+    frame = pd.DataFrame({"label": labels, "probability": logits_L.softmax(-1).tolist(), "logit": logits_L.tolist()})
+    return frame.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def run_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k):
     """Handler behind the `attribute` endpoint."""
-    bench = ctx.bench
+    workbench = ctx.workbench
     picture = load_image(image)
     labels = parse_labels(labels_text)
     top_k = parse_latent_count(top_k)
-    result = attribution.attribute(
-        bench, picture, labels, target or None, metric or "logit_difference", template or None
-    )
+    template = template or None
+    result = attribution.attribute(workbench, picture, labels, target or None, metric or "logit_difference", template)
     latents = result.top(top_k)
     f_TS = result.state.f_TS
     activation_S = f_TS.sum(0)
-    names = ctx.latent_names(latents, template or None)
+    names = ctx.latent_names(latents, template)
+    warnings = attribution.warnings_for(workbench, result.state)
     table = pd.DataFrame(
         {
             "latent": latents,
             "label": [names[i][0] for i in latents],
             "label_score": [names[i][1] for i in latents],
-            "attribution": [round(float(result.scores_S[i]), 4) for i in latents],
-            "activation": [round(float(activation_S[i]), 4) for i in latents],
+            "attribution": [float(result.scores_S[i]) for i in latents],
+            "activation": [float(activation_S[i]) for i in latents],
         }
     )
-    grid = bench.backend.grid
-    gallery = [
-        (
-            save_png(overlay(picture, attribution.patch_map(f_TS[:, i], grid)), f"latent{i}_"),
-            f"#{i} {names[i][0]}",
-        )
-        for i in latents[:6]
-    ]
-    faith = attribution.faithfulness(bench, result, k=top_k, template=template or None)
+    grid = workbench.backend.grid
+    gallery = []
+    for i in latents[:6]:
+        map_HW = attribution.patch_map(f_TS[:, i], grid)
+        blank = " (class token only: blank map)" if float(map_HW.abs().max()) == 0 else ""
+        gallery.append((save_png(overlay(picture, map_HW), f"latent{i}_"), f"#{i} {names[i][0]}{blank}"))
+    faith = attribution.faithfulness(workbench, result, k=top_k, template=template)
     faith_table = pd.DataFrame(
-        {
-            "latent": faith["latents"],
-            "predicted_drop": [round(v, 4) for v in faith["predicted"]],
-            "actual_drop": [round(v, 4) for v in faith["actual"]],
-        }
+        {"latent": faith["latents"], "predicted_drop": faith["predicted"], "actual_drop": faith["actual"]}
     )
     label_source = (
         "ground-truth factor (score: AUROC)"
-        if bench.latent_info is not None
+        if workbench.latent_info is not None
         else "closest concepts of the vocabulary in the joint space (score: cosine)"
     )
     summary = (
         f"**Prediction:** {labels[int(result.logits_L.argmax())]} · **target:** {labels[result.target]} · "
-        f"**{result.metric.replace('_', ' ')}:** {result.metric_value:.3f} · "
-        f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** {faith['spearman']:.2f} · "
-        f"**SAE explained variance on this image:** {explained_variance(result.state):.3f} · "
+        f"**{result.metric.replace('_', ' ')}:** {readings.number(result.metric_value)} · "
+        f"**faithfulness (Spearman, predicted vs actual drop of the top {len(latents)}):** "
+        f"{readings.number(faith['spearman'])} · "
+        f"**SAE explained variance on this image:** {readings.number(result.state.explained_variance)} · "
         f"latent labels: {label_source}"
     )
     selected = str(latents[0]) if latents else ""
-    return predictions_frame(labels, result.logits_L), table, gallery, faith_table, summary, selected
+    reading = attribution_reading(ctx, picture, labels, template, result, faith, names)
+    return (
+        readings.display_table(predictions_frame(labels, result.logits_L)),
+        readings.display_table(table),
+        gallery,
+        readings.display_table(faith_table),
+        summary,
+        selected,
+        warning_markdown(warnings),
+        reading,
+    )
 
 
-def explained_variance(state) -> float:
-    """1 - |error|^2 / |acts - mean|^2 over this image's tokens: how much of the site the SAE reconstructs
-    (a low value warns that the SAE does not fit this model or this image)."""
-    acts_TD = state.acts_TD.float()
-    residual = float(state.error_TD.float().pow(2).sum())
-    total = float((acts_TD - acts_TD.mean(0)).pow(2).sum()) or 1.0
-    return 1.0 - residual / total
+def export_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k) -> str:
+    """Handler behind `export_attribution`: the analysis as one self-contained HTML file (ui/share.py)."""
+    predictions, latents, gallery, faith, summary, _, warning, reading = run_attribution(
+        ctx, image, labels_text, template, target, metric, top_k
+    )
+    picture = load_image(image)
+
+    def table(styled, title: str) -> dict:
+        frame = styled.data
+        return {"title": title, "headers": list(frame.columns), "rows": frame.values.tolist()}
+
+    page = share.analysis_html(
+        f"Attribution on {ctx.workbench.model_spec.display_name}",
+        f"{reading}\n\n{summary}",
+        [line for line in warning.split("\n\n") if line.strip()],
+        [(picture.resize((192, 192), Image.NEAREST) if min(picture.size) < 192 else picture, "the image")],
+        table(predictions, "Prediction"),
+        table(latents, "Top latents"),
+        [(path, caption) for path, caption in gallery],
+        table(faith, "Faithfulness: predicted vs actual drop when each latent is removed"),
+    )
+    return share.write_html(page, "attribution_")
+
+
+def attribution_reading(ctx: ModelContext, picture, labels, template, result, faith, names) -> str:
+    """The plain-language reading: the answer, and what removing its strongest support actually does."""
+    best = readings.strongest(faith["latents"], faith["actual"])
+    latent = drop = answer_after = probabilities_after = None
+    if best is not None:
+        latent, drop = faith["latents"][best], faith["actual"][best]
+        probabilities_after = faith["probabilities_after"][best]
+        answer_after = max(range(len(labels)), key=lambda i: probabilities_after[i])
+    return readings.attribution_reading(
+        labels,
+        result.logits_L.softmax(-1).tolist(),
+        result.target,
+        result.metric,
+        result.metric_value,
+        latent,
+        names[latent][0] if latent is not None else None,
+        drop,
+        answer_after,
+        probabilities_after,
+        faith["spearman"],
+        len(faith["latents"]),
+    )
 
 
 def parse_latent_count(value) -> int:
@@ -100,16 +152,15 @@ def parse_latent_count(value) -> int:
 
 def latent_heatmap(ctx: ModelContext, image, latent, template=None) -> tuple[str, str]:
     """Handler behind `heatmap`: where one latent fires on the image."""
-    bench = ctx.bench
+    workbench = ctx.workbench
     picture = load_image(image)
-    latent = parse_latent(latent, bench)
-    (state,) = bench.site_states([picture])
+    latent = parse_latent(latent, workbench)
+    (state,) = workbench.site_states([picture])
     f_T = state.f_TS[:, latent]
-    map_HW = attribution.patch_map(f_T, bench.backend.grid)
+    map_HW = attribution.patch_map(f_T, workbench.backend.grid)
     name = ctx.latent_names([latent], template or None)[latent][0]
-    caption = f"latent {latent} ({name or 'no label'}): max over patches {float(map_HW.max()):.3f}"
-    if bench.backend.n_prefix_tokens:
-        caption += f", class token {float(f_T[0]):.3f}"
+    class_token = float(f_T[0]) if workbench.backend.n_prefix_tokens else None
+    caption = readings.heatmap_caption(latent, name, float(map_HW.max()), class_token)
     return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
 
 
@@ -122,27 +173,60 @@ def build(
     selected_latent: gr.Textbox,
 ) -> None:
     with gr.Row():
-        target = gr.Textbox(label="Target label (blank: the predicted one)", scale=2)
-        metric = gr.Radio(METRIC_CHOICES, value="logit_difference", label="Metric", scale=2)
-        top_k = gr.Slider(1, 50, value=10, step=1, label="Top latents", scale=1)
+        target = gr.Textbox(
+            label="Target label (blank: the predicted one)",
+            scale=2,
+            info="The label whose score is explained; leave blank to explain the model's own answer.",
+        )
+        metric = gr.Radio(
+            METRIC_CHOICES,
+            value="logit_difference",
+            label="Metric",
+            scale=2,
+            info=f"Logit difference: {glossary.explain('logit difference')}.",
+        )
+        top_k = gr.Slider(
+            1, 50, value=10, step=1, label="Top latents", scale=1, info="How many concepts to list and check."
+        )
     run = gr.Button("Attribute", variant="primary")
+    warning = gr.Markdown(elem_classes="warning")
+    reading = gr.Markdown()
     summary = gr.Markdown()
     with gr.Row():
         predictions_plot = gr.BarPlot(x="label", y="probability", title="Prediction", y_lim=[0, 1], sort="-y")
-        predictions = gr.Dataframe(label="Predictions", interactive=False)
+        predictions = gr.Dataframe(label="Predictions (most likely first)", interactive=False)
     latents = gr.Dataframe(
         label="Top latents (click a row to select it for the heatmap and for Steering)", interactive=False
     )
-    gallery = gr.Gallery(label="Where the top latents fire (activation per patch)", columns=6, height=220)
+    gr.Markdown(
+        f"*latent*: {glossary.explain('latent')}. *label_score*: {glossary.explain('label_score')}. "
+        f"*attribution*: {glossary.explain('attribution')}. *activation*: how strongly it fires, summed over patches."
+    )
+    gallery = gr.Gallery(label="Where the top latents fire (activation per patch)", columns=6, height=260)
     with gr.Row():
         with gr.Column():
-            heat = gr.Image(label="Where the selected latent fires", type="filepath", height=260)
+            heat = gr.Image(label="Where the selected latent fires (grid: the patches)", type="filepath", height=300)
             heat_caption = gr.Markdown()
-        faith = gr.Dataframe(label="Faithfulness: predicted vs actual drop of the metric when each latent is removed")
+        with gr.Column():
+            faith = gr.Dataframe(
+                label="Faithfulness: predicted vs actual drop of the metric when each latent is removed"
+            )
+            gr.Markdown(
+                "*predicted_drop*: the attribution's estimate; *actual_drop*: what removing the concept really does "
+                f"(positive: the score falls). *Spearman*: {glossary.explain('Spearman')}."
+            )
+    outputs = [predictions, latents, gallery, faith, summary, selected_latent, warning, reading]
+    with gr.Row():
+        export = gr.Button("Export this analysis (HTML, for people who do not run the app)", scale=1)
+        exported = gr.File(label="Shareable report", scale=2)
 
     def attribute(image, labels_text, template_text, target_text, metric_value, k, model_name):
         ctx = app.model(model_name)
         return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
+
+    def export_report(image, labels_text, template_text, target_text, metric_value, k, model_name):
+        ctx = app.model(model_name)
+        return export_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k)
 
     def heatmap(image, latent, template_text, model_name):
         if not str(latent or "").strip() or image is None:
@@ -156,10 +240,19 @@ def build(
     event = run.click(
         user_errors(attribute),
         [image, labels, template, target, metric, top_k, model],
-        [predictions, latents, gallery, faith, summary, selected_latent],
+        outputs,
         api_name="attribute",
     )
     event.success(lambda df: df, predictions, predictions_plot, api_name=False)
+    # The selected latent is the user's choice: kept when a request fails.
+    clear_on_failure(event, [predictions_plot, *(o for o in outputs if o is not selected_latent)])
+    exporting = export.click(
+        user_errors(export_report),
+        [image, labels, template, target, metric, top_k, model],
+        exported,
+        api_name="export_attribution",
+    )
+    clear_on_failure(exporting, [exported])
     latents.select(pick, latents, selected_latent, api_name=False)
     selected_latent.change(
         user_errors(heatmap), [image, selected_latent, template, model], [heat, heat_caption], api_name="heatmap"

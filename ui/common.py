@@ -6,6 +6,7 @@ Engine errors are turned into ``gr.Error`` here, at the boundary, and nowhere el
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import math
 import tempfile
@@ -15,18 +16,21 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from engine import vocabulary, zeroshot
-from engine.backends import ModelUnavailableError
-from engine.registry import LABELS_DIR, Preset
+from engine.diff import DiffPair
+from engine.errors import USER_ERRORS
+from engine.heldout import Heldout
+from engine.registry import DiffPreset, Preset
 from engine.resident import Workbench
-from engine.sae import SAEFormatError
+from engine.sources import AllowedDirs
+from ui import readings
 
 log = logging.getLogger(__name__)
 
-CONCEPTS_FILE = LABELS_DIR / "concepts.txt"
 MAX_UPLOAD_BYTES = 25 * 2**20
 MAX_PIXELS = 40_000_000  # a 40-megapixel image is the largest we decode
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError beyond 2x this
@@ -34,27 +38,15 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError beyond 
 
 @dataclass
 class ModelContext:
-    """What a handler needs for one model: its resident workbench, a held-out batch, and latent names."""
+    """What a handler needs for one model: its resident workbench, a held-out batch, and the concept vocabulary
+    that names latents where the SAE ships no labels."""
 
-    bench: Workbench
-    heldout: Callable[[list[str]], tuple[list[Image.Image], list[int | None] | None]] | None = None
-    concepts: Callable[[], tuple[str, ...]] = field(default=lambda: concept_vocabulary())
+    workbench: Workbench
+    heldout: Heldout | None = None
+    concepts: Callable[[], tuple[str, ...]] = field(default=vocabulary.concept_vocabulary)
 
-    def latent_names(self, latents: list[int], template: str | None) -> dict[int, tuple[str, float | None]]:
-        """A name and a score per latent: the ground-truth label and its AUROC where the SAE ships them (the
-        toy), else the best concepts of the vocabulary and their cosine (engine.vocabulary)."""
-        info = self.bench.latent_info
-        if info is not None:
-            return {i: (info.labels[i], info.scores[i]) for i in latents}
-        if not latents:
-            return {}
-        named = vocabulary.name_latents(self.bench, latents, list(self.concepts()), template, top=3)
-        return {i: ("; ".join(c for c, _ in best), best[0][1]) for i, best in named.items()}
-
-
-@functools.cache
-def concept_vocabulary() -> tuple[str, ...]:
-    return tuple(line for line in CONCEPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+    def latent_names(self, latents: list[int], template: str | None) -> dict[int, tuple[str, float | None, str]]:
+        return vocabulary.latent_names(self.workbench, latents, template, self.concepts())
 
 
 @dataclass
@@ -63,9 +55,12 @@ class AppContext:
 
     choices: dict[str, Preset]
     load: Callable[[Preset], Workbench]
-    heldout: Callable[[Preset], Callable | None]
+    heldout: Callable[[Preset], Heldout | None]
     examples: dict[str, list[str]] = field(default_factory=dict)
-    concepts: Callable[[], tuple[str, ...]] = field(default=lambda: concept_vocabulary())
+    concepts: Callable[[], tuple[str, ...]] = field(default=vocabulary.concept_vocabulary)
+    pairs: dict[str, DiffPreset] = field(default_factory=dict)
+    load_pair: Callable[[DiffPreset], DiffPair] | None = None
+    allowed: AllowedDirs | None = None
 
     @property
     def default(self) -> str:
@@ -78,9 +73,20 @@ class AppContext:
         chosen = self.choices[name]
         return ModelContext(self.load(chosen), self.heldout(chosen), self.concepts)
 
+    def pair(self, name: str | None) -> tuple[DiffPreset, DiffPair]:
+        """The checkpoint pair by its menu name (the first when empty), loaded."""
+        if not self.pairs or self.load_pair is None:
+            raise ValueError("no checkpoint pair is offered by this server")
+        name = name or next(iter(self.pairs))
+        if name not in self.pairs:
+            raise ValueError(f"unknown checkpoint pair {name!r}; valid: {', '.join(self.pairs)}")
+        return self.pairs[name], self.load_pair(self.pairs[name])
+
 
 def user_errors(fn: Callable) -> Callable:
-    """Run a handler; a bad input becomes a clear ``gr.Error``, anything else is logged and reported briefly."""
+    """Run a handler. A user error (engine.errors) becomes a ``gr.Error`` with its message, escaped (Gradio
+    renders the toast as HTML, and the message may quote the user's text) and logged as one line; anything
+    else is a bug: logged with its traceback, reported to the user without internal text."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -88,13 +94,43 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, SAEFormatError, KeyError, ModelUnavailableError, FileNotFoundError) as error:
-            raise gr.Error(str(error).strip("'\"")) from error
-        except Exception as error:
+        except USER_ERRORS as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            log.info("%s: refused: %s", fn.__name__, message)
+            raise gr.Error(html.escape(str(message)), print_exception=False) from None
+        except Exception:
             log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
+            raise gr.Error(
+                "internal error: the server could not complete this request (the details are in its log). "
+                "Your inputs are unchanged; try again, or another image or setting.",
+                print_exception=False,  # logged above, with its traceback, once
+            ) from None
 
     return wrapped
+
+
+def image_warnings(workbench: Workbench, picture: Image.Image) -> list[str]:
+    """The engine's warnings about this image on this model (e.g. an SAE that explains little of it)."""
+    return workbench.image_warnings(picture)
+
+
+def warning_markdown(warnings: list[str]) -> str:
+    """Warnings as one prominent block (empty when there are none)."""
+    return "".join(f"⚠️ **Warning:** {w[:1].upper() + w[1:]}.\n\n" for w in warnings)
+
+
+def clear_on_failure(event, outputs: list[gr.components.Component]) -> None:
+    """When ``event`` fails, empty its outputs, so that no earlier result stays on screen beside the error."""
+    empty = [empty_value(output) for output in outputs]
+    event.failure(lambda: empty if len(empty) > 1 else None, None, outputs, api_name=False)
+
+
+def empty_value(component: gr.components.Component):
+    """What shows an output as empty: nothing, except for a plot, whose frontend fails on nothing (an empty
+    frame with its columns instead)."""
+    if isinstance(component, (gr.BarPlot, gr.LinePlot, gr.ScatterPlot)):
+        return pd.DataFrame({name: [] for name in (component.x, component.y, component.color) if name})
+    return None
 
 
 def load_image(value) -> Image.Image:
@@ -115,10 +151,12 @@ def load_image(value) -> Image.Image:
             if image.width * image.height > MAX_PIXELS:
                 raise ValueError(f"image too large ({image.width}x{image.height}); the limit is 40 megapixels")
             image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-            raise ValueError(f"{path.name} is not an image that can be read (PNG, JPEG, WebP, ...): {error}") from None
-        except OSError as error:
-            raise ValueError(f"{path.name} is a broken or truncated image: {error}") from None
+        except UnidentifiedImageError:
+            raise ValueError(f"{path.name} is not an image that can be read (PNG, JPEG, WebP, ...)") from None
+        except Image.DecompressionBombError:
+            raise ValueError(f"{path.name} has too many pixels; the limit is 40 megapixels") from None
+        except OSError:
+            raise ValueError(f"{path.name} is a broken or truncated image") from None
     return image.convert("RGB")
 
 
@@ -157,32 +195,67 @@ def parse_float_list(text, what: str) -> list[float]:
     return [parse_number(item.strip(), what) for item in str(text or "").replace(";", ",").split(",") if item.strip()]
 
 
-def parse_latent(value, bench: Workbench) -> int:
+def parse_latent(value, workbench: Workbench) -> int:
     if value is None or str(value).strip() == "":
-        raise ValueError(f"choose a latent id (0 .. {bench.d_sae - 1}); run Attribution to see the important ones")
+        raise ValueError(f"choose a latent id (0 .. {workbench.d_sae - 1}); run Attribution to see the important ones")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"latent id must be a whole number 0 .. {bench.d_sae - 1}; got {value!r}") from None
+        raise ValueError(f"latent id must be a whole number 0 .. {workbench.d_sae - 1}; got {value!r}") from None
     if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"latent id must be a whole number 0 .. {bench.d_sae - 1}; got {value!r}")
-    return bench.check_latent(int(number))
+        raise ValueError(f"latent id must be a whole number 0 .. {workbench.d_sae - 1}; got {value!r}")
+    return workbench.check_latent(int(number))
 
 
 def overlay(image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: bool = False) -> Image.Image:
-    """The image with a per-patch map laid over it (red: high; blue: negative when ``signed``)."""
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+    """The image with a per-patch map laid over it (red: high; blue: negative when ``signed``), the patch grid
+    drawn in, and a colour scale beneath that says what the strongest red means. A small image (the toy's are
+    48 px) is upscaled with NEAREST, so its pixels stay sharp instead of blurring."""
+    resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
+    base = np.asarray(image.convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
     values = map_HW.detach().float().cpu().numpy()
-    scale = np.abs(values).max() or 1.0
+    scale = float(np.abs(values).max()) or 1.0
     grid = Image.fromarray((np.clip(values / scale, -1, 1) * 127 + 128).astype(np.uint8))
     norm = np.asarray(grid.resize((size, size), Image.NEAREST), dtype=np.float32) / 127 - 128 / 127
-    colour = np.zeros_like(base)
-    colour[..., 0] = np.clip(norm, 0, 1)
+    picture = Image.fromarray((blend(base, norm, signed) * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    rows, cols = values.shape
+    for k in range(1, cols):
+        draw.line([(k * size // cols, 0), (k * size // cols, size)], fill=(255, 255, 255), width=1)
+    for k in range(1, rows):
+        draw.line([(0, k * size // rows), (size, k * size // rows)], fill=(255, 255, 255), width=1)
+    return with_colour_scale(picture, float(np.abs(values).max()), signed)
+
+
+def blend(base_HWC: np.ndarray, norm_HW: np.ndarray, signed: bool) -> np.ndarray:
+    """Red where the map is positive (blue where negative when ``signed``), as opaque as the value is strong."""
+    colour = np.zeros_like(base_HWC)
+    colour[..., 0] = np.clip(norm_HW, 0, 1)
     if signed:
-        colour[..., 2] = np.clip(-norm, 0, 1)
-    alpha = np.abs(norm)[..., None] * 0.65
-    blended = base * (1 - alpha) + colour * alpha
-    return Image.fromarray((blended * 255).round().astype(np.uint8))
+        colour[..., 2] = np.clip(-norm_HW, 0, 1)
+    alpha = np.abs(norm_HW)[..., None] * 0.65
+    return base_HWC * (1 - alpha) + colour * alpha
+
+
+def with_colour_scale(picture: Image.Image, peak: float, signed: bool, height: int = 34) -> Image.Image:
+    """``picture`` with a legend strip beneath: the overlay's colours over a white ground, from 0 (or -peak) to
+    the map's largest value."""
+    width = picture.width
+    ramp = np.linspace(-1 if signed else 0, 1, width, dtype=np.float32)[None, :].repeat(12, 0)
+    strip = Image.fromarray((blend(np.ones((12, width, 3), np.float32), ramp, signed) * 255).round().astype(np.uint8))
+    out = Image.new("RGB", (width, picture.height + height), (255, 255, 255))
+    out.paste(picture, (0, 0))
+    out.paste(strip, (0, picture.height + 2))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, picture.height + 2, width - 1, picture.height + 13], outline=(120, 120, 120))
+    y = picture.height + 16
+    low = f"-{readings.number(peak)}" if signed and peak else "0"
+    high = readings.number(peak) if peak else "0 (fires on no patch)"
+    draw.text((2, y), low, fill=(0, 0, 0))
+    draw.text((width - 2, y), high, fill=(0, 0, 0), anchor="ra")
+    if peak:
+        draw.text((width // 2, y), "activation per patch", fill=(90, 90, 90), anchor="ma")
+    return out
 
 
 def save_png(image: Image.Image, prefix: str) -> str:
@@ -205,6 +278,11 @@ class ImageInput(gr.Image):
             return super().preprocess(payload)
         except gr.Error:
             raise
-        except Exception as error:
-            name = Path(getattr(payload, "path", "") or "the file").name
-            raise gr.Error(f"{name} is not an image that can be read (PNG, JPEG, WebP, ...): {error}") from None
+        except Exception:
+            # The decoder's own message names the server's temporary copy (/tmp/gradio/...): never shown.
+            name = html.escape(
+                Path(getattr(payload, "orig_name", None) or getattr(payload, "path", "") or "the file").name
+            )
+            raise gr.Error(
+                f"{name} is not an image that can be read (PNG, JPEG, WebP, ...)", print_exception=False
+            ) from None

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 
 from engine import steering
+from ui import glossary, readings
 from ui.common import (
     AppContext,
     ModelContext,
+    clear_on_failure,
     load_image,
     parse_float_list,
     parse_int_list,
@@ -17,6 +19,7 @@ from ui.common import (
     parse_latent,
     parse_number,
     user_errors,
+    warning_markdown,
 )
 
 MODE_CHOICES = [
@@ -27,9 +30,9 @@ MAX_SWEEP_POINTS = 64
 
 
 def parse_edit(ctx: ModelContext, latents_text, strengths_text, mode, patches_text) -> steering.Edit:
-    latents = [parse_latent(v, ctx.bench) for v in parse_int_list(latents_text, "latent ids")]
+    latents = [parse_latent(v, ctx.workbench) for v in parse_int_list(latents_text, "latent ids")]
     if not latents:
-        raise ValueError(f"choose at least one latent id (0 .. {ctx.bench.d_sae - 1})")
+        raise ValueError(f"choose at least one latent id (0 .. {ctx.workbench.d_sae - 1})")
     strengths = parse_float_list(strengths_text, "strength")
     if len(strengths) == 1:
         strengths = strengths * len(latents)
@@ -41,26 +44,29 @@ def run_steer(ctx: ModelContext, image, labels_text, template, latents_text, str
     """Handler behind the `steer` endpoint: before/after probabilities."""
     edit = parse_edit(ctx, latents_text, strengths_text, mode, patches_text)
     labels = parse_labels(labels_text)
-    result = steering.steer(ctx.bench, load_image(image), labels, edit, template or None)
-    table = pd.DataFrame(
-        {
-            "label": labels,
-            "before": [round(p, 4) for p in result["before"]],
-            "after": [round(p, 4) for p in result["after"]],
-        }
-    )
-    long = pd.concat(
-        [
-            pd.DataFrame({"label": labels, "probability": result["before"], "run": "before"}),
-            pd.DataFrame({"label": labels, "probability": result["after"], "run": "after"}),
-        ]
-    )
+    picture = load_image(image)
+    result = steering.steer(ctx.workbench, picture, labels, edit, template or None)
+    table = pd.DataFrame({"label": labels, "before": result["before"], "after": result["after"]})
+    table = table.sort_values("before", ascending=False, kind="stable").reset_index(drop=True)
     summary = f"**Before:** {result['predicted_before']} → **after:** {result['predicted_after']}"
-    backend = ctx.bench.backend
-    last_block = backend.block_index(ctx.bench.site) == backend.n_blocks - 1
-    if edit.patches and last_block and backend.n_prefix_tokens:
-        summary += " · the SAE sits after the last block, where only the class token reaches the embedding: edits at patches cannot move the prediction here"
-    return table, long, summary
+    names = {i: name for i, (name, *_) in ctx.latent_names(list(edit.latents), template or None).items()}
+    phrase = readings.edit_phrase(edit.latents, edit.strengths, edit.mode, names)
+    if edit.patches:
+        phrase += f" at patches {', '.join(str(p) for p in edit.patches)}"
+    reading = warning_markdown(result["warnings"])
+    reading += readings.steer_reading(labels, result["before"], result["after"], phrase)
+    return readings.display_table(table), side_by_side(table), summary, reading
+
+
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """The before/after chart's data: one bar per label and run, before beside after (a bar chart with a colour
+    per run would stack them), labels in the table's order."""
+    rows = [
+        {"bar": f"{label} ({run})", "probability": probability, "run": run}
+        for label, before, after in zip(table["label"], table["before"], table["after"], strict=True)
+        for run, probability in (("before", before), ("after", after))
+    ]
+    return pd.DataFrame(rows)
 
 
 def strengths_grid(s_min, s_max, n_points) -> list[float]:
@@ -79,12 +85,12 @@ def run_sweep(
     ctx: ModelContext, image, labels_text, template, latent, s_min, s_max, n_points, mode, patches_text, metric
 ):
     """Handler behind the `sweep` endpoint: the metric against strength, for the latent and a random direction."""
-    bench = ctx.bench
-    latent = parse_latent(latent, bench)
+    workbench = ctx.workbench
+    latent = parse_latent(latent, workbench)
     strengths = strengths_grid(s_min, s_max, n_points)
     patches = parse_int_list(patches_text, "patch indices")
     result = steering.sweep(
-        bench, load_image(image), parse_labels(labels_text), latent, strengths,
+        workbench, load_image(image), parse_labels(labels_text), latent, strengths,
         mode=mode or "scale", patches=tuple(patches) if patches else None, template=template or None,
     )  # fmt: skip
     metric = metric or "logit_difference"
@@ -105,13 +111,15 @@ def run_sweep(
             )
     frame = pd.DataFrame(rows)
     plot = frame[["strength", "curve", metric]].rename(columns={metric: "value"})
-    flips = [s for s, p in zip(result["strengths"], result["latent"]["predicted"]) if p != result["target"]]
-    summary = f"Target **{result['target']}**. " + (
-        f"The prediction changes at strength {flips[0]:g} (first in the sweep)."
-        if flips
-        else "The prediction never changes in this range."
+    reference = 1.0 if (mode or "scale") == "scale" else 0.0
+    summary = f"Target **{result['target']}**. " + readings.sweep_reading(
+        result["strengths"], result["latent"]["predicted"], result["target"], reference
     )
-    return frame, plot, summary
+    if any(p != result["target"] for p in result["random"]["predicted"]):
+        summary += " A random direction of the same size also changes the answer somewhere in this range."
+    else:
+        summary += " A random direction of the same size never changes the answer in this range."
+    return readings.display_table(frame), plot, summary
 
 
 def run_ripple(ctx: ModelContext, labels_text, template, latents_text, strengths_text, mode, patches_text):
@@ -121,8 +129,8 @@ def run_ripple(ctx: ModelContext, labels_text, template, latents_text, strengths
     edit = parse_edit(ctx, latents_text, strengths_text, mode, patches_text)
     labels = parse_labels(labels_text)
     images, truth = ctx.heldout(labels)
-    rows = steering.ripple(ctx.bench, images, labels, edit, truth, template or None)
-    return pd.DataFrame(rows)
+    rows = steering.ripple(ctx.workbench, images, labels, edit, truth, template or None)
+    return readings.display_table(pd.DataFrame(rows))
 
 
 def build(
@@ -134,25 +142,53 @@ def build(
     selected_latent: gr.Textbox,
 ) -> None:
     with gr.Row():
-        latents = gr.Textbox(label="Latent ids (comma-separated)", placeholder="e.g. 12, 40", scale=2)
-        strengths = gr.Textbox(label="Strengths (one, or one per latent)", value="0", scale=2)
-        mode = gr.Radio(MODE_CHOICES, value="scale", label="Mode", scale=3)
-        patches = gr.Textbox(label="Patches (blank: all)", placeholder="e.g. 0, 1, 6", scale=1)
+        latents = gr.Textbox(
+            label="Latent ids (comma-separated)",
+            placeholder="e.g. 12, 40",
+            scale=2,
+            info=f"A latent is {glossary.explain('latent')}.",
+        )
+        strengths = gr.Textbox(
+            label="Strengths (one, or one per latent)", value="0", scale=2, info=glossary.explain("strength") + "."
+        )
+        mode = gr.Radio(
+            MODE_CHOICES,
+            value="scale",
+            label="Mode",
+            scale=3,
+            info="Scale changes a concept the image already has; add switches on one it lacks.",
+        )
+        patches = gr.Textbox(
+            label="Patches (blank: all)",
+            placeholder="e.g. 0, 1, 6",
+            scale=1,
+            info=f"A patch is {glossary.explain('patch')}.",
+        )
     with gr.Row():
         steer_button = gr.Button("Steer", variant="primary")
         ripple_button = gr.Button("Ripple effects on held-out images")
+    steer_reading = gr.Markdown()
     steer_summary = gr.Markdown()
     with gr.Row():
-        steer_plot = gr.BarPlot(x="label", y="probability", color="run", title="Before / after", y_lim=[0, 1])
+        steer_plot = gr.BarPlot(
+            x="bar", y="probability", color="run", title="Before / after (side by side per label)", y_lim=[0, 1]
+        )
         steer_table = gr.Dataframe(label="Probabilities before and after", interactive=False)
     ripple_table = gr.Dataframe(label="Ripple effects: the same edit on a held-out batch", interactive=False)
+    gr.Markdown(f"*Ripple effects*: {glossary.explain('ripple effects')}.")
     gr.Markdown("### Strength sweep (one batched pass, with a random norm-matched direction as baseline)")
+    gr.Markdown(f"*Norm-matched random direction*: {glossary.explain('norm-matched')}.")
     with gr.Row():
         sweep_latent = gr.Number(label="Latent id", precision=0)
         s_min = gr.Number(label="From", value=-1.0)
         s_max = gr.Number(label="To", value=3.0)
         n_points = gr.Slider(2, MAX_SWEEP_POINTS, value=16, step=1, label="Strengths")
-        metric = gr.Radio(["logit_difference", "probability", "kl"], value="logit_difference", label="Plot")
+        metric = gr.Radio(
+            ["logit_difference", "probability", "kl"],
+            value="logit_difference",
+            label="Plot",
+            info=f"logit_difference: {glossary.explain('logit difference')}; kl: {glossary.explain('KL')}.",
+        )
     sweep_button = gr.Button("Sweep")
     sweep_summary = gr.Markdown()
     sweep_plot = gr.LinePlot(x="strength", y="value", color="curve", title="Metric against strength")
@@ -176,24 +212,30 @@ def build(
         progress(0.1, desc="applying the edit to the held-out batch")
         return run_ripple(ctx, labels_text, template_text, latents_text, strengths_text, mode_value, patches_text)
 
-    steer_button.click(
-        user_errors(steer),
-        [image, labels, template, latents, strengths, mode, patches, model],
-        [steer_table, steer_plot, steer_summary],
-        api_name="steer",
-    )
-    sweep_button.click(
-        user_errors(sweep),
-        [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric, model],
-        [sweep_table, sweep_plot, sweep_summary],
-        api_name="sweep",
-    )
-    ripple_button.click(
-        user_errors(ripple),
-        [labels, template, latents, strengths, mode, patches, model],
-        ripple_table,
-        api_name="ripple",
-    )
+    steer_outputs = [steer_table, steer_plot, steer_summary, steer_reading]
+    sweep_outputs = [sweep_table, sweep_plot, sweep_summary]
+    events = [
+        steer_button.click(
+            user_errors(steer),
+            [image, labels, template, latents, strengths, mode, patches, model],
+            steer_outputs,
+            api_name="steer",
+        ),
+        sweep_button.click(
+            user_errors(sweep),
+            [image, labels, template, sweep_latent, s_min, s_max, n_points, mode, patches, metric, model],
+            sweep_outputs,
+            api_name="sweep",
+        ),
+        ripple_button.click(
+            user_errors(ripple),
+            [labels, template, latents, strengths, mode, patches, model],
+            ripple_table,
+            api_name="ripple",
+        ),
+    ]
+    for event, cleared in zip(events, (steer_outputs, sweep_outputs, [ripple_table]), strict=True):
+        clear_on_failure(event, cleared)
 
     def carry(value):
         text = str(value or "").strip()

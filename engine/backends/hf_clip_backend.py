@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
 
-from engine.backends import ModelUnavailableError, ResidualSites
+from engine.backends import ResidualSites
+from engine.errors import ModelUnavailableError
 from engine.sources import how_to_provide, hub_guard
 from engine.specs import ModelSpec
 
@@ -79,24 +80,23 @@ class HFClipBackend(ResidualSites):
         batch = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
         return batch["pixel_values"].to(self.device, torch.float32)
 
-    def prefix(self, pixels_BCHW: torch.Tensor, site: str) -> torch.Tensor:
-        """Residual stream at ``site``, (B, T, D): T = 1 + patches for CLIP, patches for SigLIP."""
-        last = self.block_index(site)
+    def embed(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): T = 1 + patches for CLIP (after its pre_layrnorm), patches for SigLIP."""
         x_BTD = self.vision.embeddings(pixels_BCHW)
-        if self.kind == "clip":
-            x_BTD = self.vision.pre_layrnorm(x_BTD)
-        for layer in self.layers[: last + 1]:
-            x_BTD = layer(x_BTD, None)
-        return x_BTD
+        return self.vision.pre_layrnorm(x_BTD) if self.kind == "clip" else x_BTD
 
-    def suffix(self, acts_BTD: torch.Tensor, site: str) -> torch.Tensor:
-        """Image embeddings (B, E), unnormalised, from the residual stream at ``site``."""
-        x_BTD = acts_BTD
-        for layer in self.layers[self.block_index(site) + 1 :]:
-            x_BTD = layer(x_BTD, None)
+    def blocks(self, acts_BTD: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        self.check_span(start, stop)
+        for layer in self.layers[start:stop]:
+            acts_BTD = layer(acts_BTD, None)
+        return acts_BTD
+
+    def head(self, acts_BTD: torch.Tensor) -> torch.Tensor:
+        """CLIP: post_layernorm of the class token and the projection; SigLIP: post_layernorm of every token and
+        the attention-pooling head. (B, E), unnormalised."""
         if self.kind == "clip":
-            return self.model.visual_projection(self.vision.post_layernorm(x_BTD[:, 0]))
-        return self.vision.head(self.vision.post_layernorm(x_BTD))
+            return self.model.visual_projection(self.vision.post_layernorm(acts_BTD[:, 0]))
+        return self.vision.head(self.vision.post_layernorm(acts_BTD))
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         """The model's own full forward (the reference that prefix + suffix must equal)."""

@@ -1,8 +1,9 @@
 """open_clip backend: a CLIP split at a residual-stream site into a prefix and a suffix.
 
 Sites are ``blocks.{i}.resid_post``: the residual stream after vision block ``i`` (tokens: the class token
-first, then the patches row by row). ``prefix`` runs the patch embedding and blocks 0..i; ``suffix`` runs
-blocks i+1.. and the pooling head, so ``suffix(prefix(x))`` equals ``model.encode_image(x)`` and a sweep or an
+first, then the patches row by row). ``embed`` is the patch embedding (open_clip's ``_embeds``), ``blocks`` the
+residual blocks, ``head`` the pooling and projection (``_pool`` and ``proj``); ``prefix`` runs the embedding and
+blocks 0..i, ``suffix`` blocks i+1.. and the head, so ``suffix(prefix(x))`` equals ``model.encode_image(x)`` and a sweep or an
 attribution never recomputes the prefix. The preprocessing and the tokenizer are the ones open_clip returns
 for the weights.
 """
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.backends import ModelUnavailableError, ResidualSites
+from engine.backends import ResidualSites
+from engine.errors import ModelUnavailableError
 from engine.sources import hub_guard
 from engine.specs import ModelSpec
 
@@ -61,20 +63,19 @@ class OpenClipBackend(ResidualSites):
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
 
-    def prefix(self, pixels_BCHW: torch.Tensor, site: str) -> torch.Tensor:
-        """Residual stream at ``site``, (B, T, D) with T = 1 + patches."""
-        last = self.block_index(site)
-        x_BTD = self.visual._embeds(pixels_BCHW)
-        for block in self.visual.transformer.resblocks[: last + 1]:
-            x_BTD = block(x_BTD)
-        return x_BTD
+    def embed(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """Class token + patch embeddings + positions (and open_clip's ln_pre), (B, T, D)."""
+        return self.visual._embeds(pixels_BCHW)
 
-    def suffix(self, acts_BTD: torch.Tensor, site: str) -> torch.Tensor:
-        """Image embeddings (B, E), unnormalised, from the residual stream at ``site``."""
-        x_BTD = acts_BTD
-        for block in self.visual.transformer.resblocks[self.block_index(site) + 1 :]:
-            x_BTD = block(x_BTD)
-        pooled_BD, _ = self.visual._pool(x_BTD)
+    def blocks(self, acts_BTD: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        self.check_span(start, stop)
+        for block in self.visual.transformer.resblocks[start:stop]:
+            acts_BTD = block(acts_BTD)
+        return acts_BTD
+
+    def head(self, acts_BTD: torch.Tensor) -> torch.Tensor:
+        """open_clip's pooling (ln_post, class token or mean) and projection, (B, E)."""
+        pooled_BD, _ = self.visual._pool(acts_BTD)
         return pooled_BD @ self.visual.proj if self.visual.proj is not None else pooled_BD
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:

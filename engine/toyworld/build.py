@@ -1,6 +1,6 @@
 """Rebuild every toy-world asset from scratch, deterministically, on a CPU.
 
-    python -m engine.toyworld.build              # writes assets/toy_clip, assets/toy_sae, assets/examples
+    python -m engine.toyworld.build              # assets/toy_clip, toy_sae, toy_clip_shortcut, examples
     python -m engine.toyworld.build --tiny --out /tmp/toy   # seconds: the same trainers on a tiny config
 
 Each asset directory gets a ``manifest.json`` with its config, seed, the command and its metrics.
@@ -21,7 +21,7 @@ import torch
 
 from engine.backends.open_clip_backend import OpenClipBackend
 from engine.specs import ASSETS, ModelSpec
-from engine.toyworld import render, train_clip, train_sae
+from engine.toyworld import render, train_clip, train_sae, train_shortcut
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +53,32 @@ def write_examples(out: Path) -> None:
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
 
-STAGES = ("clip", "sae", "examples")
+STAGES = ("clip", "sae", "shortcut", "examples")
 
 
-def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES) -> dict:
+def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES, device: str = "cpu") -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     clip_config, sae_config = train_clip.ToyClipConfig(), train_sae.ToySAEConfig()
+    shortcut_config = train_shortcut.ShortcutConfig()
     if tiny:
-        clip_config = replace(clip_config, layers=4, width=32, train_images=64, steps=2, batch_size=16)
+        clip_config = replace(
+            clip_config, layers=4, width=32, train_images=64, steps=2, batch_size=16, warm_start_steps=2
+        )
         sae_config = replace(sae_config, train_images=32, steps=3, batch_tokens=64, label_images=48)
+        shortcut_config = replace(shortcut_config, train_images=64, steps=2, batch_size=16, probe_images=32)
     command = " ".join(["python -m engine.toyworld.build", *sys.argv[1:]])
     start = time.time()
     if "clip" in stages:
-        train_clip.train(clip_config, out / "toy_clip")
+        train_clip.train(clip_config, out / "toy_clip", device)
         stamp(out / "toy_clip", command)
     if "sae" in stages:
-        backend = OpenClipBackend(ModelSpec("open_clip", f"local-dir:{out / 'toy_clip'}"), torch.device("cpu"))
+        backend = OpenClipBackend(ModelSpec("open_clip", f"local-dir:{out / 'toy_clip'}"), torch.device(device))
         train_sae.train(backend, sae_config, out / "toy_sae")
         stamp(out / "toy_sae", command)
+    if "shortcut" in stages:
+        train_shortcut.train(out / "toy_clip", shortcut_config, out / "toy_clip_shortcut", device)
+        stamp(out / "toy_clip_shortcut", command)
     if "examples" in stages:
         write_examples(out / "examples")
     summary = {"seconds": round(time.time() - start), "out": str(out)}
@@ -94,10 +101,14 @@ def main() -> None:
         "--only", nargs="+", choices=STAGES, default=list(STAGES),
         help="build only these stages (the SAE stage reads the toy_clip already in --out)",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train (default: cuda when present); the shipped assets were built on the CPU",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    build(args.out, tiny=args.tiny, stages=tuple(args.only))
+    build(args.out, tiny=args.tiny, stages=tuple(args.only), device=args.device)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,21 @@ import torch
 
 from engine.backends.open_clip_backend import OpenClipBackend
 from engine.resident import LATENT_INFO_FILE
+from engine.resident import explained_variance as resident_explained_variance
 from engine.sae import SAE, SAEConfig
+from engine.stats import auroc_matrix
 from engine.toyworld.render import FACTORS, Scene, render_batch, sample_scenes
 from engine.toyworld.train_clip import pixels_from_uint8
 
 log = logging.getLogger(__name__)
+N_PREFIX_TOKENS = 1  # the toy CLIP's class token comes first; the patches follow
 
 
 @dataclass(frozen=True)
 class ToySAEConfig:
-    site: str = "blocks.3.resid_post"
-    expansion: int = 8
-    k: int = 16
+    site: str = "blocks.2.resid_post"
+    expansion: int = 4
+    k: int = 32
     train_images: int = 12_000
     steps: int = 3000
     batch_tokens: int = 4096
@@ -65,91 +68,106 @@ def site_activations(backend: OpenClipBackend, site: str, images_NHWC: np.ndarra
     return torch.cat(out)
 
 
-def auroc_matrix(scores_NS: np.ndarray, positive_NC: np.ndarray) -> np.ndarray:
-    """AUROC of every score column for every binary concept column, (S, C); ties count one half."""
-    n = scores_NS.shape[0]
-    n_pos = positive_NC.sum(0).astype(np.float64)
-    n_neg = n - n_pos
-    out = np.zeros((scores_NS.shape[1], positive_NC.shape[1]))
-    pos = positive_NC.astype(np.float64)
-    for s in range(scores_NS.shape[1]):
-        column = scores_NS[:, s]
-        order = np.argsort(column, kind="stable")
-        sorted_vals = column[order]
-        ranks = np.empty(n)
-        # average rank within ties
-        _, starts, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
-        avg = starts + (counts + 1) / 2.0
-        ranks[order] = np.repeat(avg, counts)
-        out[s] = (ranks @ pos - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
-    return out
-
-
 def concept_matrix(scenes: list[Scene]) -> np.ndarray:
     return np.array([[getattr(s, f) == v for f, v in concepts()] for s in scenes], dtype=bool)
 
 
 @torch.no_grad()
-def image_scores(sae: SAE, acts_NTD: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per image and latent: the max over tokens, (N, S); and the summed activation and firing count per latent."""
-    maxes, total, fired = [], torch.zeros(sae.config.d_sae), torch.zeros(sae.config.d_sae)
+def image_scores(sae: SAE, acts_NTD: torch.Tensor, batch: int = 256) -> dict[str, np.ndarray | float]:
+    """Per image and latent the max over tokens, ``max_NS``, and over patch tokens only, ``patch_max_NS``; per latent the mean non-zero activation, sign
+    included (``typical_S``) and the share of tokens it fires on (``frequency_S``); the mean L0 per token."""
+    device = sae.W_dec.device
+    d_sae = sae.config.d_sae
+    maxes, patch_maxes, total, fired, l0_total = [], [], torch.zeros(d_sae), torch.zeros(d_sae), 0.0
     for i in range(0, len(acts_NTD), batch):
-        f_BTS = sae.encode(acts_NTD[i : i + batch])
+        f_BTS = sae.encode(acts_NTD[i : i + batch].to(device, sae.W_dec.dtype)).float().cpu()
         maxes.append(f_BTS.amax(1))
+        patch_maxes.append(f_BTS[:, N_PREFIX_TOKENS:].amax(1))
         total += f_BTS.sum((0, 1))
-        fired += (f_BTS > 0).sum((0, 1))
-    return torch.cat(maxes).numpy(), (total / fired.clamp_min(1)).numpy()
+        fired += (f_BTS != 0).sum((0, 1))
+        l0_total += float((f_BTS != 0).sum())
+    n_tokens = acts_NTD.shape[0] * acts_NTD.shape[1]
+    return {
+        "max_NS": torch.cat(maxes).numpy(),
+        "patch_max_NS": torch.cat(patch_maxes).numpy(),
+        "typical_S": (total / fired.clamp_min(1)).numpy(),
+        "frequency_S": (fired / n_tokens).numpy(),
+        "l0": l0_total / n_tokens,
+    }
 
 
 def label_latents(sae: SAE, acts_NTD: torch.Tensor, scenes: list[Scene]) -> dict:
-    scores_NS, typical_S = image_scores(sae, acts_NTD)
+    """Ground-truth labels of the latents (see the module docstring), with per concept the best latent and its
+    AUROC, and the SAE's dead fraction and mean L0 on these images."""
+    stats = image_scores(sae, acts_NTD)
+    scores_NS, typical_S = stats["max_NS"], stats["typical_S"]
     auroc_SC = auroc_matrix(scores_NS, concept_matrix(scenes))
+    patch_auroc_SC = auroc_matrix(stats["patch_max_NS"], concept_matrix(scenes))
     names = [concept_name(f, v) for f, v in concepts()]
     best_S = auroc_SC.argmax(1)
-    alive_S = scores_NS.max(0) > 0
+    alive_S = stats["frequency_S"] > 0
     fallback = float(np.median(typical_S[alive_S])) if alive_S.any() else 1.0
     return {
         "labels": [names[c] if alive else "inactive" for c, alive in zip(best_S, alive_S)],
         "scores": [round(float(auroc_SC[s, c]), 4) for s, c in enumerate(best_S)],
         "typical_activation": [float(t) if alive else fallback for t, alive in zip(typical_S, alive_S)],
         "concept_auroc": {names[c]: round(float(auroc_SC[:, c].max()), 4) for c in range(len(names))},
+        "concept_latent": {names[c]: int(auroc_SC[:, c].argmax()) for c in range(len(names))},
+        # the best latent by its patch tokens alone: what a heatmap can show (a class-token latent has none)
+        "concept_patch_latent": {names[c]: int(patch_auroc_SC[:, c].argmax()) for c in range(len(names))},
+        "dead_fraction": round(float(1 - alive_S.mean()), 4),
+        "l0": round(float(stats["l0"]), 2),
     }
 
 
-def explained_variance(sae: SAE, x_ND: torch.Tensor) -> float:
-    with torch.no_grad():
-        residual = (x_ND - sae(x_ND)).pow(2).sum()
-        return float(1 - residual / (x_ND - x_ND.mean(0)).pow(2).sum())
+@torch.no_grad()
+def explained_variance(sae: SAE, x_ND: torch.Tensor, batch: int = 65_536) -> float:
+    """Explained variance of the SAE's reconstruction on the rows of ``x_ND`` (engine.resident's definition)."""
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    error_ND = torch.cat([(x - sae(x.to(device, dtype)).float().cpu()) for x in x_ND.split(batch)])
+    return resident_explained_variance(x_ND, error_ND)
 
 
-def train(backend: OpenClipBackend, config: ToySAEConfig, out_dir: Path | None = None) -> tuple[SAE, dict]:
+@torch.no_grad()
+def explained_variance_floor(sae: SAE, acts_NTD: torch.Tensor, quantile: float = 0.01) -> float:
+    """The ``quantile`` of per-image explained variance on ``acts_NTD``: the app's trust floor for this SAE (an
+    image below it is rarer than 1 in 100 of the images the SAE was made for)."""
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    per_image = []
+    for x_TD in acts_NTD:
+        error_TD = x_TD - sae(x_TD.to(device, dtype)).float().cpu()
+        per_image.append(resident_explained_variance(x_TD, error_TD))
+    return round(float(np.quantile(per_image, quantile)), 4)
+
+
+def fit_sae(x_ND: torch.Tensor, config: ToySAEConfig, device: torch.device | str = "cpu") -> SAE:
+    """Train a TopK SAE with AuxK on the rows of ``x_ND`` (N tokens, D): the recipe of the module docstring."""
+    device = torch.device(device)
     torch.manual_seed(config.seed)
-    start = time.time()
-    scenes = sample_scenes(config.train_images, 50_000 + config.seed)
-    x_ND = site_activations(backend, config.site, render_batch(scenes)).flatten(0, 1)
+    generator = torch.Generator().manual_seed(config.seed)
     n_tokens, d_in = x_ND.shape
-    log.info("collected %d tokens at %s in %.0fs", n_tokens, config.site, time.time() - start)
-
     d_sae = d_in * config.expansion
     sae = SAE(SAEConfig(d_in, d_sae, "topk", config.site, k=config.k, model_name="toy_clip"))
     with torch.no_grad():
-        W_dec = torch.randn(d_sae, d_in)
+        W_dec = torch.randn(d_sae, d_in, generator=generator)
         sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
         sae.b_dec.copy_(x_ND.mean(0))
+    sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
-    since_fired = torch.zeros(d_sae)
-    scale = (x_ND - x_ND.mean(0)).pow(2).sum(1).mean()
+    since_fired = torch.zeros(d_sae, device=device)
+    scale = float((x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
     for step in range(config.steps):
-        x_BD = x_ND[torch.randint(n_tokens, (config.batch_tokens,))]
+        x_BD = x_ND[torch.randint(n_tokens, (config.batch_tokens,), generator=generator)].to(device)
         pre_BS = sae.pre_activation(x_BD)
         f_BS = sae.activate(pre_BS)
         error_BD = x_BD - sae.decode(f_BS)
         loss = error_BD.pow(2).sum(1).mean() / scale
         since_fired = torch.where((f_BS > 0).any(0), 0, since_fired + config.batch_tokens)
         dead_S = since_fired > config.dead_after_tokens
-        if dead_S.any():
-            k_aux = min(config.aux_k, int(dead_S.sum()))
+        n_dead = int(dead_S.sum())
+        if n_dead:
+            k_aux = min(config.aux_k, n_dead)
             values_BK, indices_BK = pre_BS.masked_fill(~dead_S, float("-inf")).topk(k_aux, dim=-1)
             aux_BS = torch.zeros_like(pre_BS).scatter(-1, indices_BK, values_BK.relu())
             loss = loss + (error_BD.detach() - aux_BS @ sae.W_dec).pow(2).sum(1).mean() / scale / 32
@@ -159,8 +177,17 @@ def train(backend: OpenClipBackend, config: ToySAEConfig, out_dir: Path | None =
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
         if step % 500 == 0 or step == config.steps - 1:
-            log.info("sae step %d/%d loss %.4f dead %d", step, config.steps, loss.item(), int(dead_S.sum()))
-    sae.requires_grad_(False).eval()
+            log.info("sae step %d/%d loss %.4f dead %d", step, config.steps, loss.item(), n_dead)
+    return sae.requires_grad_(False).eval()
+
+
+def train(backend: OpenClipBackend, config: ToySAEConfig, out_dir: Path | None = None) -> tuple[SAE, dict]:
+    """Collect the site's activations on fresh toy scenes, fit the SAE, label its latents; save if ``out_dir``."""
+    start = time.time()
+    scenes = sample_scenes(config.train_images, 50_000 + config.seed)
+    x_ND = site_activations(backend, config.site, render_batch(scenes)).flatten(0, 1)
+    log.info("collected %d tokens at %s in %.0fs", x_ND.shape[0], config.site, time.time() - start)
+    sae = fit_sae(x_ND, config, backend.device)
 
     label_scenes = sample_scenes(config.label_images, 60_000 + config.seed)
     label_acts = site_activations(backend, config.site, render_batch(label_scenes))
@@ -169,12 +196,17 @@ def train(backend: OpenClipBackend, config: ToySAEConfig, out_dir: Path | None =
         "explained_variance_heldout": round(explained_variance(sae, label_acts.flatten(0, 1)), 4),
         "concept_auroc_min": min(info["concept_auroc"].values()),
         "concept_auroc": info.pop("concept_auroc"),
+        "dead_fraction": info.pop("dead_fraction"),
+        "l0": info.pop("l0"),
         "inactive_latents": info["labels"].count("inactive"),
         "train_seconds": round(time.time() - start),
     }
+    info.pop("concept_latent")
+    info.pop("concept_patch_latent")
+    info["explained_variance_floor"] = metrics["explained_variance_floor"] = explained_variance_floor(sae, label_acts)
     log.info("toy sae metrics %s", metrics)
     if out_dir is not None:
-        sae.save(out_dir)
+        sae.cpu().save(out_dir)
         (out_dir / LATENT_INFO_FILE).write_text(json.dumps(info))
         manifest = {"config": asdict(config), "seed": config.seed, "metrics": metrics}
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

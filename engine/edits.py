@@ -1,0 +1,171 @@
+"""The one edit primitive: change SAE latents at chosen tokens, keep the error term, run the suffix.
+
+Every intervention of the app is this operation. At a site the activation is written exactly as
+
+    x = f @ W_dec + b_dec + error          (f in activation units: see Workbench.site_states)
+
+and an edit changes some latents' codes ``f_i -> f_i'`` at some tokens. The edited activation is the model's
+own activation plus the change, never a recomputation from the reconstruction:
+
+    x' = x + sum_i (f_i' - f_i) * W_dec[i]
+
+so the error term (what the SAE does not explain) stays in, an edit that changes nothing is exactly no
+edit, and inserting the SAE changes nothing (SAELens' ``use_error_term``). Two ways to say ``f_i'``:
+
+    scale:  f_i' = s_i * f_i               0 removes, 1 is no edit, > 1 amplifies, < 0 inverts
+    add:    f_i' = f_i + a_i * u_i         u_i is latent i's typical activation (its sign included), so
+                                           a = 1 adds the concept as strongly as it usually appears
+
+Removing latents (attribution's ablations, the deletion curves of the evaluation) is the scale mode at 0;
+steering and ripple effects are either mode; a random baseline moves another direction by the same
+coefficients. All of them go through :func:`edited_logits`: one batched pass through the suffix for many
+edits of many images.
+
+>>> Edit((3, 3), (0.0, 0.0))
+Traceback (most recent call last):
+...
+engine.errors.UserInputError: each latent may appear once in an edit; repeated: 3
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.errors import UnknownChoiceError, UserInputError
+
+if TYPE_CHECKING:
+    from engine.resident import SiteState, Workbench
+
+MODES = ("scale", "add")
+MAX_ABS_STRENGTH = 1000.0
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Latents with one strength each; ``patches`` are patch indices (row-major), ``None`` for every token."""
+
+    latents: tuple[int, ...]
+    strengths: tuple[float, ...]
+    mode: str = "scale"
+    patches: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UnknownChoiceError("steering mode", self.mode, MODES)
+        if len(self.latents) != len(self.strengths):
+            raise UserInputError(
+                f"one strength per latent: {len(self.latents)} latents, {len(self.strengths)} strengths"
+            )
+        repeated = sorted(i for i, n in Counter(self.latents).items() if n > 1)
+        if repeated:
+            # "5, 5" at strength 0 would subtract f_5 * W_dec[5] twice: the latent inverted, not removed.
+            raise UserInputError(f"each latent may appear once in an edit; repeated: {', '.join(map(str, repeated))}")
+        for s in self.strengths:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise UserInputError(f"strength must be a finite number within +-{MAX_ABS_STRENGTH:g}; got {s!r}")
+            if abs(s) > MAX_ABS_STRENGTH:
+                raise UserInputError(f"strength must be a finite number within +-{MAX_ABS_STRENGTH:g}; got {s!r}")
+
+    @classmethod
+    def removal(cls, latents: Sequence[int]) -> Edit:
+        """Remove ``latents`` at every token (f_i -> 0)."""
+        return cls(tuple(int(i) for i in latents), (0.0,) * len(latents))
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.latents or (self.mode == "scale" and all(s == 1 for s in self.strengths))
+
+
+NO_EDIT = Edit((), ())
+
+
+def token_mask(n_tokens: int, n_prefix_tokens: int, patches: tuple[int, ...] | None) -> torch.Tensor:
+    """(T,) float mask of the tokens an edit touches: every token (prefix tokens such as the class token
+    included), or only the chosen patches."""
+    mask_T = torch.zeros(n_tokens)
+    if patches is None:
+        mask_T[:] = 1.0
+        return mask_T
+    n_patches = n_tokens - n_prefix_tokens
+    bad = [p for p in patches if not 0 <= p < n_patches]
+    if bad:
+        raise UserInputError(f"unknown patch indices {bad}; valid: 0 .. {n_patches - 1}")
+    mask_T[[n_prefix_tokens + p for p in patches]] = 1.0
+    return mask_T
+
+
+def edit_delta(
+    f_TS: torch.Tensor,
+    W_dec_SD: torch.Tensor,
+    edit: Edit,
+    typical_S: torch.Tensor,
+    n_prefix_tokens: int,
+    directions_KD: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What the edit adds to the site activation, (T, D): ``sum_i (f_i' - f_i) * W_dec[i]``. Exactly zero for
+    an empty edit or all s = 1. ``directions_KD`` replaces the edited latents' decoder rows (the random
+    baseline moves another direction by the same coefficients)."""
+    n_tokens, d_model = f_TS.shape[0], W_dec_SD.shape[1]
+    if not edit.latents:
+        return torch.zeros(n_tokens, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    latents = list(edit.latents)
+    strengths_K = torch.tensor(edit.strengths, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    mask_T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[:, None]
+    if edit.mode == "scale":
+        coeff_TK = f_TS[:, latents].to(W_dec_SD) * (strengths_K - 1)
+    else:
+        coeff_TK = (strengths_K * typical_S[latents].to(W_dec_SD)).expand(n_tokens, -1)
+    return (coeff_TK * mask_T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD))
+
+
+def check_edit(workbench: Workbench, edit: Edit) -> None:
+    for latent in edit.latents:
+        workbench.check_latent(latent)
+
+
+def edited_acts(
+    workbench: Workbench,
+    states: Sequence[SiteState],
+    edits: Sequence[Edit],
+    directions: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Site activations (N, B, T, D) of every edit on every image. ``directions[n]``, when given, replaces
+    edit n's decoder rows (K, D)."""
+    for edit in edits:
+        check_edit(workbench, edit)
+    directions = directions or [None] * len(edits)
+    if len(directions) != len(edits):
+        raise ValueError(f"one direction entry per edit: {len(edits)} edits, {len(directions)} directions")
+    needs_typical = any(e.mode == "add" and e.latents for e in edits)
+    typical_S = workbench.typical_activation() if needs_typical else None
+    W_dec_SD = workbench.sae.W_dec
+    n_prefix = workbench.backend.n_prefix_tokens
+    acts_BTD = torch.stack([s.acts_TD for s in states])
+    f_BTS = [s.f_TS for s in states]  # densified once per image, not once per edit
+    deltas_NBTD = torch.stack(
+        [
+            torch.stack([edit_delta(f_TS, W_dec_SD, edit, typical_S, n_prefix, d) for f_TS in f_BTS])
+            for edit, d in zip(edits, directions, strict=True)
+        ]
+    )
+    return acts_BTD.unsqueeze(0) + deltas_NBTD.to(acts_BTD.dtype)
+
+
+@torch.no_grad()
+def edited_logits(
+    workbench: Workbench,
+    states: Sequence[SiteState],
+    edits: Sequence[Edit],
+    text_emb_LE: torch.Tensor,
+    directions: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Zero-shot logits (N, B, L) of every edit on every image, in one batched pass through the suffix."""
+    acts_NBTD = edited_acts(workbench, states, edits, directions)
+    n, b = acts_NBTD.shape[:2]
+    return workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)

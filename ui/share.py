@@ -1,0 +1,89 @@
+"""A shareable report: the current analysis as one self-contained HTML file, for people who do not run the app.
+
+Everything is inline (images as base64 data URIs, styles in the page), so the file opens offline, from an
+e-mail or a chat, and shows exactly what the app showed. Every piece of text that came from the user or the
+model (labels, template, latent names, file names) is escaped: a shared file must never carry markup into
+someone else's browser.
+
+>>> page = analysis_html("Attribution", "<b>dog</b>", [], {"headers": ["a"], "rows": [["<i>x</i>"]]}, [])
+>>> "&lt;b&gt;dog&lt;/b&gt;" in page and "<b>dog</b>" not in page and "&lt;i&gt;x&lt;/i&gt;" in page
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "figure{display:inline-block;margin:6px;text-align:center;font-size:0.85em;max-width:220px}"
+    "img{image-rendering:pixelated;width:200px}.warning{background:#fff3cd;padding:8px;border-radius:4px}"
+)
+
+
+def plain(markdown: str) -> str:
+    """Markdown as it reads: emphasis markers dropped (the page shows text, not markup)."""
+    return re.sub(r"(\*\*|__|\*|`)", "", markdown).strip()
+
+
+def image_uri(image: Image.Image | str | Path) -> str:
+    """A PNG data URI of an image (or of an image file)."""
+    picture = image if isinstance(image, Image.Image) else Image.open(image)
+    buffer = tempfile.SpooledTemporaryFile()
+    picture.convert("RGB").save(buffer, format="PNG")
+    buffer.seek(0)
+    return "data:image/png;base64," + base64.b64encode(buffer.read()).decode("ascii")
+
+
+def table_html(table: dict) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in table["headers"])
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table["rows"])
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def analysis_html(
+    title: str,
+    reading: str,
+    warnings: Sequence[str],
+    *tables_and_figures,
+) -> str:
+    """The page: a title, the warnings, the plain-language reading, then tables (dicts with ``headers`` and
+    ``rows``) and figures (lists of (image, caption)) in the order given."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f'<p class="warning">{html.escape(plain(w))}</p>' for w in warnings if w.strip()]
+    parts += [f"<p>{html.escape(plain(line))}</p>" for line in reading.split("\n\n") if line.strip()]
+    for item in tables_and_figures:
+        if isinstance(item, dict):
+            if item.get("title"):
+                parts.append(f"<h2>{html.escape(item['title'])}</h2>")
+            parts.append(table_html(item))
+        else:
+            parts.append(
+                "<div>"
+                + "".join(
+                    f'<figure><img src="{image_uri(image)}" alt=""><figcaption>{html.escape(caption)}</figcaption></figure>'
+                    for image, caption in item
+                )
+                + "</div>"
+            )
+    body = "\n".join(parts)
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n{body}\n"
+        "<p><small>Exported from the Concept Steering Workbench.</small></p></body></html>\n"
+    )
+
+
+def write_html(page: str, prefix: str = "analysis_") -> str:
+    handle = tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".html", delete=False, encoding="utf-8")
+    handle.write(page)
+    handle.close()
+    return handle.name
