@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from engine import attribution, diff, heldout
+from engine import attribution, diff, heldout, patching
 from engine.specs import ModelSpec
 from ui import readings
 from ui.common import AppContext, clear_on_failure, load_image, overlay, parse_labels, save_png, user_errors
@@ -137,7 +137,7 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
             gallery.append((save_png(overlay(picture, map_HW, signed=True), f"patch_{direction}{block}_"), caption))
             rows.append({"direction": direction, "block": block, "all_tokens_recovered": recovered})
     den = result["denoising"]["all_tokens_recovered"]
-    first = next((b for b, s in enumerate(den) if not math.isnan(s) and s >= 0.5), None)
+    first = patching.first_localised_block(den)
     summary = (
         f"Label `{result['label']}` ({what}). Denoising restores "
         + ", ".join(f"{share(s)} after block {b}" for b, s in enumerate(den))
