@@ -6,7 +6,7 @@ python app.py --preset prisma-vit-b32          # a published SAE for a real CLIP
 python app.py --model open_clip:ViT-B-32@/models/vit_b_32.bin --sae /saes/my_sae@blocks.10.resid_post \\
               --allow-dir /saes
 python app.py --model hf:openai/clip-vit-base-patch32 --sae hf:OWNER/REPO/PATH
-python app.py --model open_clip:ViT-B-32@/ckpt/base.bin --sae /saes/b32@blocks.10.resid_post \
+python app.py --model open_clip:ViT-B-32@/ckpt/base.bin --sae /saes/b32@blocks.10.resid_post \\
               --intervened open_clip:ViT-B-32@/ckpt/finetuned.safetensors --allow-dir /ckpt --allow-dir /saes
 
 Models: toy | open_clip:NAME@TAG | open_clip:NAME@/path/weights | open_clip:hf-hub:ORG/REPO |

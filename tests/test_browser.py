@@ -203,3 +203,21 @@ def test_an_unavailable_model_sends_the_menu_back_and_keeps_the_boxes(page, page
     page.get_by_role("button", name="Attribute", exact=True).click()
     expect(page.get_by_test_id("markdown").filter(has_text="The model says")).to_be_visible(timeout=RUN_S * 1000)
     assert not page_errors, f"errors in the page: {page_errors}"
+
+
+def test_the_diff_tab_names_the_planted_shortcut_and_localises_it(page, page_errors):
+    """The Diff tab walked as a user would: diff the toy pair, then patch on an example with the marker."""
+    marker_example = next(p.name for p in sorted((ASSETS / "examples").glob("*_marker.png")))
+    thumbnail = page.locator(f'button.gallery-item:has(img[src$="/{marker_example}"])')
+    expect(thumbnail).to_be_visible(timeout=LOAD_S * 1000)
+    thumbnail.click()
+    page.get_by_role("tab", name="Diff").click()
+    page.get_by_label("Probe set").fill("24")
+    page.get_by_role("button", name="Diff the checkpoints").click()
+    summary = page.get_by_test_id("markdown").filter(has_text="predictions changed")
+    expect(summary).to_contain_text("marker=present", timeout=RUN_S * 1000)
+    page.get_by_role("button", name="Patch", exact=True).click()
+    patched = page.get_by_test_id("markdown").filter(has_text="Denoising restores")
+    expect(patched).to_contain_text("Noising is shown apart", timeout=RUN_S * 1000)
+    expect(page.locator('img[src*="patch_denoising0_"]').first).to_be_visible(timeout=RUN_S * 1000)
+    assert not page_errors, f"errors in the page: {page_errors}"
