@@ -62,6 +62,9 @@ class Edit:
             raise UserInputError(
                 f"one strength per latent: {len(self.latents)} latents, {len(self.strengths)} strengths"
             )
+        for value in (*self.latents, *(self.patches or ())):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserInputError(f"latent ids and patch indices must be whole numbers; got {value!r}")
         repeated = sorted(i for i, n in Counter(self.latents).items() if n > 1)
         if repeated:
             # "5, 5" at strength 0 would subtract f_5 * W_dec[5] twice: the latent inverted, not removed.

@@ -58,6 +58,7 @@ def heldout_for(model: ModelSpec) -> Heldout:
 
 
 DIFF_PROBE_SEED = 778_000
+MAX_PROBE_IMAGES = 512
 
 
 def toy_probe(n: int, labels: list[str]) -> tuple[list[Image.Image], list[int | None] | None, list[render.Scene]]:
@@ -70,19 +71,20 @@ def toy_probe(n: int, labels: list[str]) -> tuple[list[Image.Image], list[int | 
     return images, captions.truth_for_labels(labels, [s for s, _ in scenes]), [s for s, _ in scenes]
 
 
-MAX_PROBE_IMAGES = 512
-
-
 def folder_images(
     folder: str | Path, allowed: AllowedDirs, limit: int = MAX_PROBE_IMAGES
 ) -> tuple[list[Image.Image], int]:
     """Up to ``limit`` images from a folder (recursively, sorted by path, any format PIL reads) inside an
     allowed directory; returns the images and how many files were skipped as unreadable."""
+    if not 2 <= limit <= MAX_PROBE_IMAGES:
+        raise UserInputError(f"a probe set holds 2 .. {MAX_PROBE_IMAGES} images; got {limit}")
     root = allowed.check(folder)
     if not root.is_dir():
         raise UserInputError(f"probe folder not found: {Path(folder).name}")
     images, skipped = [], 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # Links are resolved and kept only when they stay inside the folder: a link cannot point outside it.
+    files = (p for p in root.rglob("*") if p.is_file() and p.resolve().is_relative_to(root))
+    for path in sorted(files):
         if len(images) >= limit:
             break
         try:

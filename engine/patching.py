@@ -11,8 +11,8 @@ Best practice (Zhang & Nanda, ICLR 2024, "Towards Best Practices of Activation P
 - **corrupt in distribution**: the corrupted run is a counterfactual image (the vision analogue of symmetric
   token replacement), not Gaussian noise, which pushes activations off the data the model knows and can
   make any place look important. Noise is offered, labelled as out of distribution;
-- **logit difference** is the primary metric (linear in the logits, not saturated), probability and KL on
-  request;
+- **logit difference** is the primary metric (linear in the logits, not saturated), against one fixed other
+  label for the whole grid (the corrupted run's answer), probability and KL on request;
 - **single-layer patching** first: one block at a time; sliding windows over blocks overstate localisation
   and come only with a warning;
 - **denoising and noising are reported apart** (Heimersheim & Nanda 2024): denoising writes the clean run into
@@ -20,7 +20,11 @@ Best practice (Zhang & Nanda, ICLR 2024, "Towards Best Practices of Activation P
   into the clean one (is it *necessary*?). They are not symmetric.
 
 The recovered share is ``(m_patched - m_target) / (m_source - m_target)``: 0 when patching changes nothing,
-1 when it moves the target run all the way to the source. Patching a run into itself changes nothing, exactly
+1 when it moves the target run all the way to the source. Inside one model, patching *every* token after a
+block restores the source run exactly (the rest of the tower sees only that state), so localisation comes from
+single tokens there; between two models the blocks after the patch differ, so the all-token curve says in
+which block the difference has been made, and what patching after the last block does not restore lives after
+the vision tower (the head, or the text tower, when the fine-tune changed them). Patching a run into itself changes nothing, exactly
 (the same tensors are written back), and denoising at every token after the last block restores the source
 run exactly: both are tested.
 
@@ -75,10 +79,32 @@ def recovered_share(values: torch.Tensor, source: float, target: float) -> torch
     return (values - target) / gap
 
 
-def metric_values(logits_NL: torch.Tensor, target: int, metric: str, reference_L: torch.Tensor) -> torch.Tensor:
+def contrast_label(label: int, target_logits_L: torch.Tensor) -> int:
+    """The fixed other side of the logit difference: the target run's answer, or its runner-up when that answer
+    is ``label`` itself. Fixed for the whole grid (Zhang & Nanda compare the clean and the corrupted answers), so
+    the metric stays one linear contrast across patched rows instead of following each row's runner-up."""
+    order = target_logits_L.argsort(descending=True).tolist()
+    return order[0] if order[0] != label else order[1]
+
+
+def metric_values(
+    logits_NL: torch.Tensor, target: int, metric: str, reference_L: torch.Tensor, contrast: int | None = None
+) -> torch.Tensor:
     if metric == "kl":
         return zeroshot.kl_from(reference_L, logits_NL)
+    if metric == "logit_difference" and contrast is not None:
+        return logits_NL[:, target] - logits_NL[:, contrast]
     return zeroshot.metric(logits_NL, target, metric)
+
+
+def first_localised_token(per_token_recovered: list[list[float]], threshold: float = 0.5) -> tuple[int, int] | None:
+    """(block, token) of the first block where one token alone restores at least ``threshold``: inside one model
+    this is what localises (patching every token after any block restores the run exactly, by construction)."""
+    for block, row in enumerate(per_token_recovered):
+        best = max(range(len(row)), key=lambda t: row[t] if row[t] == row[t] else float("-inf"))
+        if row[best] == row[best] and row[best] >= threshold:
+            return block, best
+    return None
 
 
 @torch.no_grad()
@@ -102,6 +128,7 @@ def patch_grid(
     if metric not in METRICS:
         raise UnknownChoiceError("patching metric", metric, METRICS)
     n_blocks, n_tokens = backend.n_blocks, source.resid_LTD.shape[1]
+    contrast = contrast_label(label, target_run.logits_L)
     baseline, all_tokens, per_token_rows = [], [], []
     for block in range(n_blocks):
         src_TD, tgt_TD = source.resid_LTD[block + 1], target_run.resid_LTD[block + 1]
@@ -113,16 +140,17 @@ def patch_grid(
             rows.extend(torch.where(eye_TT1, src_TD.unsqueeze(0), tgt_TD.unsqueeze(0)))
         out_NTD = backend.blocks(torch.stack(rows).to(dtype), block + 1, n_blocks)
         logits_NL = zeroshot.zero_shot_logits(backend.head(out_NTD).float(), text_emb_LE, backend.logit_scale)
-        values_N = metric_values(logits_NL, label, metric, target_run.logits_L)
+        values_N = metric_values(logits_NL, label, metric, target_run.logits_L, contrast)
         baseline.append(values_N[0])
         all_tokens.append(values_N[1])
         if per_token:
             per_token_rows.append(values_N[2:])
     reference = torch.stack([target_run.logits_L, source.logits_L])
-    own_source, own_target = metric_values(reference, label, metric, target_run.logits_L)[[1, 0]].tolist()
+    own_source, own_target = metric_values(reference, label, metric, target_run.logits_L, contrast)[[1, 0]].tolist()
     all_tokens_N, baseline_N = torch.stack(all_tokens), torch.stack(baseline)
     result = {
         "metric": metric,
+        "contrast": contrast,
         "source_value": own_source,
         "target_value": own_target,
         "unpatched": baseline_N.tolist(),

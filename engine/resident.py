@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -143,8 +144,7 @@ class ResidentModel:
     def text_embeddings(self, labels: list[str], template: str | None = None) -> torch.Tensor:
         """Normalised label embeddings (L, E) in float32, cached per (labels, template)."""
         template = template or self.spec.prompt_template
-        if "{}" not in template:
-            raise UserInputError(f"the prompt template must contain '{{}}' where the label goes; got {template!r}")
+        check_template(template)
         key = (tuple(labels), template)
         with self.lock:
             if key not in self._texts:
@@ -153,6 +153,35 @@ class ResidentModel:
                     self._texts.popitem(last=False)
             self._texts.move_to_end(key)
             return self._texts[key]
+
+
+def check_template(template: str) -> str:
+    """A prompt template holds exactly one ``{}`` (where the label goes) and no other braces.
+
+    >>> check_template("a {} and {}")
+    Traceback (most recent call last):
+    ...
+    engine.errors.UserInputError: the prompt template must contain '{}' exactly once, where the label goes, and no other braces; got 'a {} and {}'
+    """
+    fields = (
+        [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        if _parses(template)
+        else None
+    )
+    if fields != [""]:
+        raise UserInputError(
+            "the prompt template must contain '{}' exactly once, where the label goes, and no other braces; "
+            f"got {template!r}"
+        )
+    return template
+
+
+def _parses(template: str) -> bool:
+    try:
+        list(string.Formatter().parse(template))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

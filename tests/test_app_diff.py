@@ -92,7 +92,8 @@ def test_the_patch_endpoint_shows_denoising_and_noising_apart(client, marker_ima
         TOY_DIFF.name, handle_file(marker_image), None, LABELS, "a {}", "models", "counterfactual",
         "logit_difference", api_name="/patch",
     )  # fmt: skip
-    assert "Denoising restores" in summary and "Noising is shown apart" in summary
+    assert "Writing the reference's residual stream" in summary and "noising is shown apart" in summary
+    assert "lies after the vision tower" in summary
     assert len(gallery) == 2 * 4  # two directions x four blocks
     assert {row[0] for row in table["data"]} == {"denoising", "noising"}
 
@@ -107,7 +108,7 @@ def test_patching_inside_one_model_needs_a_counterfactual_or_says_noise_is_out_o
         TOY_DIFF.name, handle_file(marker_image), None, LABELS, "a {}", "intervened", "gaussian_noise",
         "logit_difference", api_name="/patch",
     )  # fmt: skip
-    assert "out of distribution" in summary
+    assert "out of distribution" in summary and "token" in summary
 
 
 def test_a_real_architecture_pair_runs_through_the_same_endpoints(client):

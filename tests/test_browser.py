@@ -218,6 +218,6 @@ def test_the_diff_tab_names_the_planted_shortcut_and_localises_it(page, page_err
     expect(summary).to_contain_text("marker=present", timeout=RUN_S * 1000)
     page.get_by_role("button", name="Patch", exact=True).click()
     patched = page.get_by_test_id("markdown").filter(has_text="Denoising restores")
-    expect(patched).to_contain_text("Noising is shown apart", timeout=RUN_S * 1000)
+    expect(patched).to_contain_text("noising is shown apart", timeout=RUN_S * 1000)
     expect(page.locator('img[src*="patch_denoising0_"]').first).to_be_visible(timeout=RUN_S * 1000)
     assert not page_errors, f"errors in the page: {page_errors}"

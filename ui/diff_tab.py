@@ -40,7 +40,7 @@ def probe_images(app: AppContext, reference: ModelSpec, probe_text: str, labels:
     if reference == ModelSpec.toy():
         try:
             n = int(float(text))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"for the toy pair the probe set is a number of scenes (2 .. 512); got {text!r}") from None
         images, truth, _ = heldout.toy_probe(n, labels)
         return images, truth, f"{n} freshly rendered toy scenes (seed {heldout.DIFF_PROBE_SEED})"
@@ -71,19 +71,22 @@ def run_diff(app: AppContext, pair_name, probe_text, labels_text, template, top_
     ]  # fmt: skip
     triggers = pd.DataFrame(result["triggers"] or [{"rank": None, "latent": None, "name": "no change to explain"}])
     markdown_path = write_text(result["report_markdown"], ".md")
-    json_path = write_text(json.dumps(result["report"], default=float, indent=2), ".json")
-    summary = f"**{preset.name}**: predictions changed on {result['behaviour']['flip_rate']:.0%} of {probe}."
+    json_path = write_text(json.dumps(finite(result["report"]), default=float, indent=2, allow_nan=False), ".json")
+    summary = (
+        f"**{readings.escaped(preset.name)}**: predictions changed on {result['behaviour']['flip_rate']:.0%} of "
+        f"{readings.escaped(probe)}."
+    )
     if result["triggers"]:
         top = result["triggers"][0]
         summary += (
-            f" The change happens on images with latent {top['latent']} ({top['name']}): present on "
+            f" The change happens on images with latent {top['latent']} ({readings.escaped(top['name'])}): present on "
             f"{top['present_on_changed']:.0%} of the images whose answer changed and {top['present_on_unchanged']:.0%}"
             f" of the others (AUROC {top['auroc']:.2f})."
         )
     use = result["latents"][0]
     summary += (
-        f" The latent whose use changed most is {use['latent']} ({use['name']}): its attribution to "
-        f"`{use['label']}` went from {readings.number(use['attribution_reference'])} to "
+        f" The latent whose use changed most is {use['latent']} ({readings.escaped(use['name'])}): its attribution "
+        f"to {readings.escaped(use['label'])} went from {readings.number(use['attribution_reference'])} to "
         f"{readings.number(use['attribution_intervened'])}. The report lists the evidence and the caveats."
     )
     return (
@@ -96,8 +99,21 @@ def run_diff(app: AppContext, pair_name, probe_text, labels_text, template, top_
     )
 
 
+def finite(value):
+    """The report with NaN and infinities as null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_text(text: str, suffix: str) -> str:
-    handle = tempfile.NamedTemporaryFile("w", prefix="transition_report_", suffix=suffix, delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "w", prefix="transition_report_", suffix=suffix, delete=False, encoding="utf-8"
+    )
     handle.write(text)
     handle.close()
     return handle.name
@@ -111,7 +127,10 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
     mode = mode or "models"
     if mode == "models":
         result = diff.patch_models(pair, picture, labels, template or None, metric=metric or "logit_difference")
-        what = f"reference says {result['predicted_reference']}, intervened says {result['predicted_intervened']}"
+        what = (
+            f"reference says {readings.escaped(result['predicted_reference'])}, intervened says "
+            f"{readings.escaped(result['predicted_intervened'])}"
+        )
         workbench = pair.intervened
     elif mode in ("intervened", "reference"):
         workbench = pair.intervened if mode == "intervened" else pair.reference
@@ -120,7 +139,10 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
             workbench, picture, other, labels, template or None, metric=metric or "logit_difference",
             corruption=corruption or "counterfactual",
         )  # fmt: skip
-        what = f"clean says {result['predicted_clean']}, corrupted says {result['predicted_corrupted']}"
+        what = (
+            f"clean says {readings.escaped(result['predicted_clean'])}, corrupted says "
+            f"{readings.escaped(result['predicted_corrupted'])}"
+        )
         if result["out_of_distribution"]:
             what += " · **Gaussian noise is out of distribution: it can make any place look important**"
     else:
@@ -136,18 +158,32 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
                 caption += f", class token {share(grid['per_token_recovered'][block][0])}"
             gallery.append((save_png(overlay(picture, map_HW, signed=True), f"patch_{direction}{block}_"), caption))
             rows.append({"direction": direction, "block": block, "all_tokens_recovered": recovered})
-    den = result["denoising"]["all_tokens_recovered"]
-    first = patching.first_localised_block(den)
-    summary = (
-        f"Label `{result['label']}` ({what}). Denoising restores "
-        + ", ".join(f"{share(s)} after block {b}" for b, s in enumerate(den))
-        + (
-            f"; the first block that restores half is **block {first}**."
-            if first is not None
-            else "; no single block restores half."
+    den = result["denoising"]
+    summary = f"Label {readings.escaped(result['label'])} ({what}). "
+    if mode == "models":
+        first = patching.first_localised_block(den["all_tokens_recovered"])
+        beyond = 1 - den["all_tokens_recovered"][-1]
+        summary += (
+            "Writing the reference's residual stream into the intervened model restores "
+            + ", ".join(f"{share(s)} after block {b}" for b, s in enumerate(den["all_tokens_recovered"]))
+            + (f"; the first block that restores half is **block {first}**" if first is not None else "")
+            + f". The {share(beyond)} that even the last block does not restore lies after the vision tower "
+            "(its head, or the text tower, when the fine-tune changed them)."
         )
-        + " Noising is shown apart: the two are not symmetric."
-    )
+    else:
+        found = patching.first_localised_token(den["per_token_recovered"])
+        n_prefix = workbench.backend.n_prefix_tokens
+        if found is None:
+            summary += "No single token restores half of the difference after any block."
+        else:
+            block, token = found
+            where = "the class token" if token < n_prefix else f"patch {token - n_prefix}"
+            summary += (
+                f"The first place where one token alone restores half is **{where} after block {block}** "
+                f"({share(den['per_token_recovered'][block][token])}). Patching every token restores everything "
+                "inside one model, by construction, so the maps show single tokens."
+            )
+    summary += " Denoising restores from the source; noising is shown apart: the two are not symmetric."
     return summary, gallery, readings.display_table(pd.DataFrame(rows))
 
 

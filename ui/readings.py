@@ -10,7 +10,9 @@ what removing or adding it actually does. Pure functions (no Gradio), so each se
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -65,6 +67,19 @@ def display_table(frame: pd.DataFrame) -> Styler:
     for column in floats:
         frame[column] = frame[column].map(significant)
     return frame.style.format(number, subset=floats).hide(axis="index")
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def escaped(text: str) -> str:
+    r"""Users' text (labels, names, paths) as data inside Markdown: HTML escaped and every Markdown character
+    backslash-escaped, so it shows as typed and never becomes a link, emphasis or code.
+
+    >>> print(escaped("<a href=x>dog</a> *b* `c`"))
+    &lt;a href=x&gt;dog&lt;/a&gt; \*b\* \`c\`
+    """
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text)))
 
 
 def quoted(text: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import re
 import tempfile
 from collections.abc import Sequence
@@ -36,11 +37,13 @@ def plain(markdown: str) -> str:
 
 def image_uri(image: Image.Image | str | Path) -> str:
     """A PNG data URI of an image (or of an image file)."""
-    picture = image if isinstance(image, Image.Image) else Image.open(image)
-    buffer = tempfile.SpooledTemporaryFile()
-    picture.convert("RGB").save(buffer, format="PNG")
-    buffer.seek(0)
-    return "data:image/png;base64," + base64.b64encode(buffer.read()).decode("ascii")
+    buffer = io.BytesIO()
+    if isinstance(image, Image.Image):
+        image.convert("RGB").save(buffer, format="PNG")
+    else:
+        with Image.open(image) as picture:
+            picture.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def table_html(table: dict) -> str:

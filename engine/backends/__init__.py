@@ -127,5 +127,11 @@ def load_backend(spec: ModelSpec, device: torch.device) -> Backend:
     if spec.family not in BACKENDS:
         raise UnknownChoiceError("model family", spec.family, BACKENDS)
     module_name, _, class_name = BACKENDS[spec.family].partition(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
+    try:
+        backend_class = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as error:
+        raise ModelUnavailableError(
+            f"the {spec.family} family needs a package that is not installed here ({error.name or error}); "
+            "install the project's requirements.txt"
+        ) from error
     return backend_class(spec, device)
