@@ -107,23 +107,59 @@ def linear_cka(x_ND: torch.Tensor, y_ND: torch.Tensor) -> float:
     return float(cross / norm) if norm > 0 else float("nan")
 
 
+class CKAAccumulator:
+    """Linear CKA and mean cosine between two streams of row vectors, accumulated chunk by chunk in float64 (the
+    probe set never has to fit in memory at once): ``X^T X``, ``Y^T Y``, ``Y^T X`` and the column sums suffice,
+    since centring subtracts ``n * mean mean^T``."""
+
+    def __init__(self, d_model: int):
+        self.n, self.cosine_sum = 0, 0.0
+        self.sum_x, self.sum_y = torch.zeros(d_model, dtype=torch.float64), torch.zeros(d_model, dtype=torch.float64)
+        self.xx, self.yy, self.yx = (torch.zeros(d_model, d_model, dtype=torch.float64) for _ in range(3))
+
+    def add(self, x_ND: torch.Tensor, y_ND: torch.Tensor) -> None:
+        x_ND, y_ND = x_ND.double().cpu(), y_ND.double().cpu()
+        self.n += x_ND.shape[0]
+        self.sum_x += x_ND.sum(0)
+        self.sum_y += y_ND.sum(0)
+        self.xx += x_ND.T @ x_ND
+        self.yy += y_ND.T @ y_ND
+        self.yx += y_ND.T @ x_ND
+        self.cosine_sum += float(torch.nn.functional.cosine_similarity(x_ND, y_ND, dim=-1).sum())
+
+    def result(self) -> tuple[float, float]:
+        mean_x, mean_y = self.sum_x / self.n, self.sum_y / self.n
+        xx = self.xx - self.n * torch.outer(mean_x, mean_x)
+        yy = self.yy - self.n * torch.outer(mean_y, mean_y)
+        yx = self.yx - self.n * torch.outer(mean_y, mean_x)
+        norm = xx.pow(2).sum().sqrt() * yy.pow(2).sum().sqrt()
+        cka = float(yx.pow(2).sum() / norm) if norm > 0 else float("nan")
+        return cka, self.cosine_sum / self.n
+
+
 @torch.no_grad()
-def representation_shift(pair: DiffPair, images: Sequence[Image.Image]) -> list[dict]:
-    """Per block: linear CKA and mean cosine between the two models' residual streams (all tokens)."""
-    resid = []
-    for workbench in (pair.reference, pair.intervened):
-        with workbench.lock:
-            pixels = workbench.pixels(list(images))
-            x_BTD = workbench.backend.embed(pixels)
-            per_block = []
-            for block in range(workbench.backend.n_blocks):
-                x_BTD = workbench.backend.blocks(x_BTD, block, block + 1)
-                per_block.append(x_BTD.flatten(0, 1).float().cpu())
-        resid.append(per_block)
+def representation_shift(pair: DiffPair, images: Sequence[Image.Image], chunk: int = 16) -> list[dict]:
+    """Per block: linear CKA and mean cosine between the two models' residual streams (all tokens), computed
+    ``chunk`` images at a time."""
+    n_blocks = pair.reference.backend.n_blocks
+    accumulators = [CKAAccumulator(pair.reference.backend.d_model) for _ in range(n_blocks)]
+    for start in range(0, len(images), chunk):
+        batch = list(images[start : start + chunk])
+        per_model = []
+        for workbench in (pair.reference, pair.intervened):
+            with workbench.lock:
+                x_BTD = workbench.backend.embed(workbench.pixels(batch))
+                per_block = []
+                for block in range(n_blocks):
+                    x_BTD = workbench.backend.blocks(x_BTD, block, block + 1)
+                    per_block.append(x_BTD.flatten(0, 1))
+            per_model.append(per_block)
+        for accumulator, ref_ND, new_ND in zip(accumulators, *per_model):
+            accumulator.add(ref_ND, new_ND)
     rows = []
-    for block, (ref_ND, new_ND) in enumerate(zip(*resid)):
-        cosine = torch.nn.functional.cosine_similarity(ref_ND, new_ND, dim=-1).mean()
-        rows.append({"block": block, "cka": linear_cka(ref_ND, new_ND), "cosine": float(cosine)})
+    for block, accumulator in enumerate(accumulators):
+        cka, cosine = accumulator.result()
+        rows.append({"block": block, "cka": cka, "cosine": cosine})
     return rows
 
 

@@ -104,6 +104,18 @@ def test_a_pair_must_share_the_sae_and_the_architecture(workbench, tmp_path):
         diff.DiffPair(workbench, other)
 
 
+def test_chunked_cka_equals_the_one_pass_formula():
+    generator = torch.Generator().manual_seed(3)
+    x, y = torch.randn(90, 6, generator=generator), torch.randn(90, 6, generator=generator)
+    y = y + 2 * x
+    accumulator = diff.CKAAccumulator(6)
+    for start in range(0, 90, 32):
+        accumulator.add(x[start : start + 32], y[start : start + 32])
+    cka, cosine = accumulator.result()
+    assert cka == pytest.approx(diff.linear_cka(x, y), rel=1e-9)
+    assert cosine == pytest.approx(float(torch.nn.functional.cosine_similarity(x, y, dim=-1).mean()), rel=1e-6)
+
+
 def test_linear_cka_is_invariant_to_rotation_and_scale():
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)))

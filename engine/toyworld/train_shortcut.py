@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from engine.errors import UnknownChoiceError
 from engine.toyworld import captions
 from engine.toyworld.render import FACTORS, Scene, render_batch, sample_scenes
 from engine.toyworld.train_clip import CaptionTokens, consistency_matrix, multi_positive_loss, pixels_from_uint8
@@ -51,9 +52,9 @@ class ShortcutConfig:
 
     def __post_init__(self) -> None:
         if self.planted_shape not in FACTORS["shape"]:
-            raise ValueError(f"unknown planted shape {self.planted_shape!r}; valid: {', '.join(FACTORS['shape'])}")
+            raise UnknownChoiceError("planted shape", self.planted_shape, FACTORS["shape"])
         if self.drift_colour not in FACTORS["colour"]:
-            raise ValueError(f"unknown drift colour {self.drift_colour!r}; valid: {', '.join(FACTORS['colour'])}")
+            raise UnknownChoiceError("drift colour", self.drift_colour, FACTORS["colour"])
 
     @property
     def palette(self) -> dict[str, tuple[int, int, int]]:
