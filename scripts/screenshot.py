@@ -59,6 +59,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def save_when_drawn(page, out: Path, timeout_ms: float) -> None:
+    """Wait until every image has loaded and the plots have animated in, then save the whole page."""
+    page.wait_for_function(
+        "() => Array.from(document.images).every(img => img.complete && img.naturalWidth > 0)", timeout=timeout_ms
+    )
+    page.wait_for_timeout(1000)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+
+
 def shoot(url: str, example: str, args: argparse.Namespace) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -90,13 +100,7 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
                 expect(page.get_by_test_id("markdown").filter(has_text="Denoising restores")).to_be_visible(
                     timeout=timeout_ms
                 )
-                page.wait_for_function(
-                    "() => Array.from(document.images).every(img => img.complete && img.naturalWidth > 0)",
-                    timeout=timeout_ms,
-                )
-                page.wait_for_timeout(1000)  # the line plot animates in
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.out), full_page=True)
+                save_when_drawn(page, args.out, timeout_ms)
                 return
             page.get_by_role("button", name="Attribute", exact=True).click()
             expect(page.get_by_test_id("markdown").filter(has_text="Prediction:")).to_be_visible(timeout=timeout_ms)
@@ -109,13 +113,7 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
                 expect(heatmap).to_be_visible(timeout=min(timeout_ms, 15_000))
             except AssertionError:
                 print("warning: the selected latent's heatmap did not appear", file=sys.stderr)
-            page.wait_for_function(
-                "() => Array.from(document.images).every(img => img.complete && img.naturalWidth > 0)",
-                timeout=timeout_ms,
-            )
-            page.wait_for_timeout(1000)  # the bar plot animates in
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=True)
+            save_when_drawn(page, args.out, timeout_ms)
         finally:
             browser.close()
 
