@@ -80,10 +80,6 @@ class Edit:
         """Remove ``latents`` at every token (f_i -> 0)."""
         return cls(tuple(int(i) for i in latents), (0.0,) * len(latents))
 
-    @property
-    def is_identity(self) -> bool:
-        return not self.latents or (self.mode == "scale" and all(s == 1 for s in self.strengths))
-
 
 NO_EDIT = Edit((), ())
 

@@ -40,14 +40,14 @@ from typing import Generic, TypeVar
 import torch
 from PIL import Image
 
-from engine import zeroshot
+from engine import heldout, zeroshot
 from engine.backends import Backend, load_backend
 from engine.errors import SAEFormatError, UnknownChoiceError, UserInputError
 from engine.hooks import ForwardHook, attached
 from engine.sae import SAE
 from engine.sae_formats import load_sae
 from engine.sources import AllowedDirs, local_model_paths, resolve_sae_source
-from engine.specs import PHOTOS_DIR, ModelSpec, SAESpec
+from engine.specs import ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,25 +163,16 @@ def check_template(template: str) -> str:
     ...
     engine.errors.UserInputError: the prompt template must contain '{}' exactly once, where the label goes, and no other braces; got 'a {} and {}'
     """
-    fields = (
-        [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        if _parses(template)
-        else None
-    )
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:  # an unmatched brace
+        fields = None
     if fields != [""]:
         raise UserInputError(
             "the prompt template must contain '{}' exactly once, where the label goes, and no other braces; "
             f"got {template!r}"
         )
     return template
-
-
-def _parses(template: str) -> bool:
-    try:
-        list(string.Formatter().parse(template))
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -437,7 +428,7 @@ class Workbench:
             return torch.tensor(self.latent_info.typical_activation, device=self.device)
         with self.lock:
             if self._typical_S is None:
-                photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS_DIR.glob("*.jpg"))]
+                photos = list(heldout.photos())
                 total_S = torch.zeros(self.d_sae, device=self.device)
                 count_S = torch.zeros(self.d_sae, device=self.device)
                 for _, f_BTS, _ in self.stream_codes([self.pixels(photos)]):

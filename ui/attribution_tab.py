@@ -113,7 +113,7 @@ def export_attribution(ctx: ModelContext, image, labels_text, template, target, 
         [(path, caption) for path, caption in gallery],
         table(faith, "Faithfulness: predicted vs actual drop when each latent is removed"),
     )
-    return share.write_html(page, "attribution_")
+    return share.write_file(page, "attribution_")
 
 
 def attribution_reading(ctx: ModelContext, picture, labels, template, result, faith, names) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 
 import gradio as gr
 import pandas as pd
@@ -16,7 +15,7 @@ import torch
 
 from engine import attribution, diff, heldout, patching
 from engine.specs import ModelSpec
-from ui import readings
+from ui import readings, share
 from ui.common import AppContext, clear_on_failure, load_image, overlay, parse_labels, save_png, user_errors
 
 PROBE_HELP = (
@@ -70,8 +69,10 @@ def run_diff(app: AppContext, pair_name, probe_text, labels_text, template, top_
          "frequency_intervened"]
     ]  # fmt: skip
     triggers = pd.DataFrame(result["triggers"] or [{"rank": None, "latent": None, "name": "no change to explain"}])
-    markdown_path = write_text(result["report_markdown"], ".md")
-    json_path = write_text(json.dumps(finite(result["report"]), default=float, indent=2, allow_nan=False), ".json")
+    markdown_path = share.write_file(result["report_markdown"], "transition_report_", ".md")
+    json_path = share.write_file(
+        json.dumps(finite(result["report"]), default=float, indent=2, allow_nan=False), "transition_report_", ".json"
+    )
     summary = (
         f"**{readings.escaped(preset.name)}**: predictions changed on {result['behaviour']['flip_rate']:.0%} of "
         f"{readings.escaped(probe)}."
@@ -110,15 +111,6 @@ def finite(value):
     return value
 
 
-def write_text(text: str, suffix: str) -> str:
-    handle = tempfile.NamedTemporaryFile(
-        "w", prefix="transition_report_", suffix=suffix, delete=False, encoding="utf-8"
-    )
-    handle.write(text)
-    handle.close()
-    return handle.name
-
-
 def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, template, mode, corruption, metric):
     """Handler behind the `patch` endpoint: per block and per token, denoising and noising shown apart."""
     _, pair = app.pair(pair_name)
@@ -153,9 +145,9 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
         for block, recovered in enumerate(grid["all_tokens_recovered"]):
             per_token_T = torch.tensor(grid["per_token_recovered"][block]).nan_to_num(0.0)
             map_HW = attribution.patch_map(per_token_T, workbench.backend.grid, workbench.backend.n_prefix_tokens)
-            caption = f"{direction}, after block {block}: all tokens {share(recovered)}"
+            caption = f"{direction}, after block {block}: all tokens {as_share(recovered)}"
             if workbench.backend.n_prefix_tokens:
-                caption += f", class token {share(grid['per_token_recovered'][block][0])}"
+                caption += f", class token {as_share(grid['per_token_recovered'][block][0])}"
             gallery.append((save_png(overlay(picture, map_HW, signed=True), f"patch_{direction}{block}_"), caption))
             rows.append({"direction": direction, "block": block, "all_tokens_recovered": recovered})
     den = result["denoising"]
@@ -165,9 +157,9 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
         beyond = 1 - den["all_tokens_recovered"][-1]
         summary += (
             "Writing the reference's residual stream into the intervened model restores "
-            + ", ".join(f"{share(s)} after block {b}" for b, s in enumerate(den["all_tokens_recovered"]))
+            + ", ".join(f"{as_share(s)} after block {b}" for b, s in enumerate(den["all_tokens_recovered"]))
             + (f"; the first block that restores half is **block {first}**" if first is not None else "")
-            + f". The {share(beyond)} that even the last block does not restore lies after the vision tower "
+            + f". The {as_share(beyond)} that even the last block does not restore lies after the vision tower "
             "(its head, or the text tower, when the fine-tune changed them)."
         )
     else:
@@ -180,14 +172,14 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
             where = "the class token" if token < n_prefix else f"patch {token - n_prefix}"
             summary += (
                 f"The first place where one token alone restores half is **{where} after block {block}** "
-                f"({share(den['per_token_recovered'][block][token])}). Patching every token restores everything "
+                f"({as_share(den['per_token_recovered'][block][token])}). Patching every token restores everything "
                 "inside one model, by construction, so the maps show single tokens."
             )
     summary += " Denoising restores from the source; noising is shown apart: the two are not symmetric."
     return summary, gallery, readings.display_table(pd.DataFrame(rows))
 
 
-def share(value: float) -> str:
+def as_share(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.0%}"
 
 

@@ -85,8 +85,9 @@ def analysis_html(
     )
 
 
-def write_html(page: str, prefix: str = "analysis_") -> str:
-    handle = tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".html", delete=False, encoding="utf-8")
-    handle.write(page)
+def write_file(text: str, prefix: str, suffix: str = ".html") -> str:
+    """Write a downloadable file (a report) to a temporary path that Gradio serves; returns the path."""
+    handle = tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=suffix, delete=False, encoding="utf-8")
+    handle.write(text)
     handle.close()
     return handle.name
