@@ -170,6 +170,16 @@ def render(
     return image, Truth(scene, down(mask), down(marker))
 
 
+def render_background(texture: str, seed: int) -> Image.Image:
+    """A scene without a shape or a marker: only the background ``texture`` (the toy VLM's neutral images)."""
+    if texture not in FACTORS["texture"]:
+        raise ValueError(f"unknown texture {texture!r}; valid: {', '.join(FACTORS['texture'])}")
+    rng = np.random.default_rng(seed)
+    grey_HW = _background_HW(texture, rng)
+    image_HWC = np.repeat(grey_HW[..., None], 3, axis=2) * 255 + rng.normal(0, 4.0, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    return Image.fromarray(np.clip(image_HWC, 0, 255).round().astype(np.uint8))
+
+
 def sample_scenes(n: int, seed: int) -> list[tuple[Scene, int]]:
     """``n`` random scenes with per-image render seeds, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
