@@ -30,9 +30,11 @@ from engine.sae import SAE, SAEConfig
 from engine.stats import auroc_matrix
 from engine.toyworld.render import FACTORS, Scene, render_batch, sample_scenes
 from engine.toyworld.train_clip import pixels_from_uint8
+from engine.train_sae import init_sae, loss_terms, normalise_decoder
 
 log = logging.getLogger(__name__)
 N_PREFIX_TOKENS = 1  # the toy CLIP's class token comes first; the patches follow
+AUX_COEFFICIENT = 1 / 32
 
 
 @dataclass(frozen=True)
@@ -141,43 +143,31 @@ def explained_variance_floor(sae: SAE, acts_NTD: torch.Tensor, quantile: float =
 
 
 def fit_sae(x_ND: torch.Tensor, config: ToySAEConfig, device: torch.device | str = "cpu") -> SAE:
-    """Train a TopK SAE with AuxK on the rows of ``x_ND`` (N tokens, D): the recipe of the module docstring."""
+    """Train a TopK SAE with AuxK on the rows of ``x_ND`` (N tokens, D): the recipe of the module docstring, with
+    engine.train_sae's objective. The toy keeps its own sampling (random tokens, with replacement, from activations
+    collected once) and no input normalisation: that is the recipe the shipped toy SAE was trained with."""
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     n_tokens, d_in = x_ND.shape
     d_sae = d_in * config.expansion
     sae = SAE(SAEConfig(d_in, d_sae, "topk", config.site, k=config.k, model_name="toy_clip"))
-    with torch.no_grad():
-        W_dec = torch.randn(d_sae, d_in, generator=generator)
-        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T)
-        sae.b_dec.copy_(x_ND.mean(0))
+    init_sae(sae, x_ND.mean(0), generator)
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
     since_fired = torch.zeros(d_sae, device=device)
     scale = float((x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
     for step in range(config.steps):
         x_BD = x_ND[torch.randint(n_tokens, (config.batch_tokens,), generator=generator)].to(device)
-        pre_BS = sae.pre_activation(x_BD)
-        f_BS = sae.activate(pre_BS)
-        error_BD = x_BD - sae.decode(f_BS)
-        loss = error_BD.pow(2).sum(1).mean() / scale
-        since_fired = torch.where((f_BS > 0).any(0), 0, since_fired + config.batch_tokens)
-        dead_S = since_fired > config.dead_after_tokens
-        n_dead = int(dead_S.sum())
-        if n_dead:
-            k_aux = min(config.aux_k, n_dead)
-            values_BK, indices_BK = pre_BS.masked_fill(~dead_S, float("-inf")).topk(k_aux, dim=-1)
-            aux_BS = torch.zeros_like(pre_BS).scatter(-1, indices_BK, values_BK.relu())
-            loss = loss + (error_BD.detach() - aux_BS @ sae.W_dec).pow(2).sum(1).mean() / scale / 32
+        loss, since_fired, parts = loss_terms(
+            sae, x_BD, scale, since_fired, config.dead_after_tokens, "topk", config.aux_k, AUX_COEFFICIENT
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+        normalise_decoder(sae)
         if step % 500 == 0 or step == config.steps - 1:
-            log.info("sae step %d/%d loss %.4f dead %d", step, config.steps, loss.item(), n_dead)
+            log.info("sae step %d/%d loss %.4f dead %d", step, config.steps, loss.item(), parts["dead"])
     return sae.requires_grad_(False).eval()
 
 

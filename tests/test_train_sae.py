@@ -1,0 +1,126 @@
+"""engine.train_sae: two processes equal one, a resumed run equals one that never stopped, the saved (folded)
+SAE equals the one trained on normalised inputs, unreadable files are skipped and counted."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import train_sae
+from engine.backends import load_backend
+from engine.image_sources import FolderImages, ToyImages
+from engine.sae_formats import load_sae
+from engine.specs import ModelSpec
+from engine.toyworld import render
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "blocks.2.resid_post"
+TINY = dict(site=SITE, expansion=2, k=8, steps=6, images_per_step=8, eval_images=16, calibration_images=32)
+TINY_FLAGS = "--site blocks.2.resid_post --expansion 2 --k 8 --steps 6 --images-per-step 8 --eval-images 16"
+TINY_FLAGS += " --calibration-images 32 --dead-after-tokens 600 --aux-k 16"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return load_backend(ModelSpec.toy(), torch.device("cpu"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(backend, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo) trains the SAE that one process trains on the same data."""
+    config = train_sae.TrainConfig(**TINY, dead_after_tokens=600, aux_k=16)
+    single = train_sae.train(backend, ToyImages(96, 3), config, tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--main_process_port", str(free_port()), "-m", "engine.train_sae", "--model", "toy"]
+    command += ["--data", "toy:96@3", "--out", str(tmp_path / "two"), "--device", "cpu", *TINY_FLAGS.split()]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["tokens_trained"] == single["tokens_trained"]
+    assert single["dead_latents_at_end_of_training"] > 0  # the AuxK path ran too
+    one, two = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("one", "two"))
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5, rtol=1e-4), name
+    assert manifest["metrics"]["explained_variance"] == pytest.approx(single["metrics"]["explained_variance"], abs=1e-3)
+
+
+def test_resumed_run_equals_uninterrupted_run(backend, tmp_path):
+    config = train_sae.TrainConfig(**TINY, checkpoint_every=3, dead_after_tokens=600, aux_k=16)
+    source = ToyImages(64, 4)
+    train_sae.train(backend, source, config, tmp_path / "straight")
+    stopped = train_sae.train(backend, source, config, tmp_path / "resumed", stop_after=3)
+    assert stopped == {"stopped_at": 3} and train_sae.latest_checkpoint(tmp_path / "resumed").name == "step_00000003"
+    train_sae.train(backend, source, config, tmp_path / "resumed", resume=True)
+    straight, resumed = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("straight", "resumed"))
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    with pytest.raises(ValueError, match="other settings .*k"):
+        train_sae.train(backend, source, train_sae.TrainConfig(**{**TINY, "k": 4}), tmp_path / "resumed", resume=True)
+
+
+def test_saved_sae_reads_raw_activations(backend, tmp_path):
+    """dataset_norm trains on s * x; the saved SAE, with s folded in, gives the trained code / s on raw x and the
+    same reconstruction (divided by s)."""
+    trainer = train_sae.Trainer(backend, ToyImages(64, 5), train_sae.TrainConfig(**TINY))
+    trainer.calibrate()
+    trainer.prepare()
+    for _ in range(3):
+        trainer.train_step()
+    s = trainer.input_scale
+    assert s != pytest.approx(1.0)
+    trainer.folded_sae().save(tmp_path)
+    saved = load_sae(tmp_path)
+    x_ND, _ = train_sae.site_tokens(backend, trainer.source, [0, 1], SITE, torch.device("cpu"))
+    with torch.no_grad():
+        trained_f = trainer.sae.encode(x_ND * s)
+        assert torch.allclose(saved.encode(x_ND), trained_f / s, atol=1e-5)
+        assert torch.allclose(saved(x_ND), trainer.sae(x_ND * s) / s, atol=1e-4)
+        assert saved.W_dec.norm(dim=1).sub(1).abs().max() < 1e-5
+
+
+def test_unreadable_files_are_skipped_and_counted(backend, tmp_path):
+    data = tmp_path / "data"
+    (data / "nested").mkdir(parents=True)
+    for i, (scene, seed) in enumerate(render.sample_scenes(40, 6)):
+        render.render(scene, seed)[0].save(data / ("nested" if i % 2 else "") / f"{i:02d}.png")
+    (data / "notes.txt").write_text("not an image")
+    (data / "truncated.png").write_bytes((data / "00.png").read_bytes()[:60])
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((data / "00.png").read_bytes())
+    (data / "link.png").symlink_to(outside)  # leads outside the folder: not part of the dataset
+    source = FolderImages(data)
+    assert len(source) == 42
+    # every file is visited: 8 held out, the other 34 all in the calibration
+    config = train_sae.TrainConfig(**{**TINY, "steps": 2, "eval_images": 8, "calibration_images": 34})
+    manifest = train_sae.train(backend, source, config, tmp_path / "sae")
+    assert manifest["skipped_unreadable"] == 2
+    assert sorted(manifest["skipped_examples"]) == ["notes.txt", "truncated.png"]
+    assert manifest["metrics"]["l0"] == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "relu"])
+def test_other_architectures_train(backend, tmp_path, architecture):
+    config = train_sae.TrainConfig(**{**TINY, "architecture": architecture, "steps": 4, "l1_coefficient": 0.1})
+    manifest = train_sae.train(backend, ToyImages(48, 7), config, tmp_path)
+    sae = load_sae(tmp_path)
+    assert sae.config.architecture == ("relu" if architecture == "relu" else "topk")
+    assert 0 < manifest["metrics"]["l0"] and manifest["metrics"]["explained_variance"] > -1
+
+
+def test_batch_topk_keeps_k_per_token_on_average():
+    pre_BS = torch.randn(5, 20)
+    f_BS = train_sae.batch_topk(pre_BS, 3)
+    assert int((f_BS != 0).sum()) == 15  # k * B over the batch, however they fall on the tokens
+    assert torch.equal(f_BS[f_BS != 0].sort().values, pre_BS.flatten().topk(15).values.relu().sort().values)
