@@ -43,6 +43,10 @@ from engine.resident import DTYPES, load_workbench  # noqa: E402
 from engine.sources import HUB_PREFIX, AllowedDirs, local_model_paths  # noqa: E402
 from engine.specs import TOY_SHORTCUT_DIR  # noqa: E402
 
+QUEUE_MAX_SIZE = 64
+"""Requests that may wait in the queue; beyond it Gradio answers "Queue is full" at once instead of letting
+waits grow without bound."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and SAE precision")
     parser.add_argument("--cache-mb", type=int, default=512, help="byte budget of the per-image activation cache")
     parser.add_argument("--max-threads", type=int, default=8, help="concurrent requests Gradio accepts")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests computed at once per endpoint (the rest wait in the queue)"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=QUEUE_MAX_SIZE, help="requests that may wait; more are refused"
+    )
     args = parser.parse_args(argv)
     if len(args.model) != len(args.sae):
         parser.error(f"each --model needs one --sae: got {len(args.model)} models and {len(args.sae)} SAEs")
@@ -161,10 +171,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{found.name}: {found.description}\n  model {found.model.display_name}\n  sae {found.sae.path}")
             print("".join(f"  source {url}\n" for url in found.sources), end="")
         return
-    import gradio as gr
-
-    from ui.layout import APP_CSS
-
     choices = choices_from_args(args)
     # Paths the operator named on the command line are allowed; files chosen later must lie in --allow-dir.
     pairs = pairs_from_args(args)
@@ -176,13 +182,29 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed, pairs=pairs)
     except (WorkbenchError, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
-    app.queue(default_concurrency_limit=1).launch(
-        server_name=args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+    serve(
+        app,
+        args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        args.port or int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_threads=args.max_threads,
-        theme=gr.themes.Soft(),
-        css=APP_CSS,
-        show_error=True,
+        concurrency=args.concurrency,
+        queue_size=args.queue_size,
+    )
+
+
+def serve(app, host: str, port: int, concurrency: int = 1, queue_size: int = 0, **launch) -> None:
+    """Queue and launch with the limits a public server needs: uploads above engine.images.MAX_UPLOAD_BYTES are
+    refused by Gradio before it stores them, and at most ``queue_size`` requests wait (default
+    :data:`QUEUE_MAX_SIZE`; more are answered at once with Gradio's "Queue is full"). The CLI, the Space and the
+    served tests all launch through here."""
+    import gradio as gr
+
+    from engine.images import MAX_UPLOAD_BYTES
+    from ui.layout import APP_CSS
+
+    options = dict(theme=gr.themes.Soft(), css=APP_CSS, show_error=True, max_file_size=MAX_UPLOAD_BYTES)
+    app.queue(default_concurrency_limit=concurrency, max_size=queue_size or QUEUE_MAX_SIZE).launch(
+        server_name=host, server_port=port, **{**options, **launch}
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.errors import UserInputError
+from engine.images import read_image
 from engine.sources import AllowedDirs
 from engine.specs import PHOTOS_DIR, ModelSpec
 from engine.toyworld import captions, render
@@ -88,9 +89,8 @@ def folder_images(
         if len(images) >= limit:
             break
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, Image.DecompressionBombError):
+            images.append(read_image(path))
+        except UserInputError:  # not an image, broken, too large or too small: counted, not fatal
             skipped += 1
     if len(images) < 2:
         raise UserInputError(f"the probe folder {root.name} holds {len(images)} readable images; give at least two")

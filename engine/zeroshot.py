@@ -13,6 +13,8 @@ probability and the KL divergence from an unedited run are offered as secondary 
 
 from __future__ import annotations
 
+import collections
+
 import torch
 import torch.nn.functional as F
 
@@ -21,16 +23,34 @@ from engine.errors import UnknownChoiceError, UserInputError
 METRICS = ("logit_difference", "probability", "centred_logit")
 
 
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 300
+"""A text tower reads 77 tokens at most; a longer label would be cut silently, so it is refused instead."""
+
+
 def parse_labels(text: str | list[str]) -> list[str]:
-    """Labels from a comma- or newline-separated string (or a list); duplicates and blanks rejected."""
+    """Labels from a comma- or newline-separated string (or a list); duplicates, blanks and overlong labels
+    rejected with a message that names the offending ones (never the whole list back).
+
+    >>> parse_labels("cat, dog, cat")
+    Traceback (most recent call last):
+    ...
+    engine.errors.UserInputError: labels must be distinct: 'cat' appears 2 times
+    """
     items = text if isinstance(text, list) else text.replace("\n", ",").split(",")
     labels = [str(item).strip() for item in items if str(item).strip()]
     if len(labels) < 2:
-        raise UserInputError(f"give at least two labels, separated by commas; got {labels}")
-    if len(set(labels)) != len(labels):
-        raise UserInputError(f"labels must be distinct; got {labels}")
-    if len(labels) > 1000:
-        raise UserInputError(f"at most 1000 labels; got {len(labels)}")
+        raise UserInputError(f"give at least two labels, separated by commas; got {len(labels)}")
+    if len(labels) > MAX_LABELS:
+        raise UserInputError(f"at most {MAX_LABELS} labels; got {len(labels)}")
+    long = next((label for label in labels if len(label) > MAX_LABEL_CHARS), None)
+    if long is not None:
+        raise UserInputError(f"a label may have at most {MAX_LABEL_CHARS} characters; {long[:40]!r}... has {len(long)}")
+    counts = collections.Counter(labels)
+    repeated = [f"{label!r} appears {n} times" for label, n in counts.items() if n > 1]
+    if repeated:
+        more = f" (and {len(repeated) - 3} more repeated labels)" if len(repeated) > 3 else ""
+        raise UserInputError(f"labels must be distinct: {', '.join(repeated[:3])}{more}")
     return labels
 
 

@@ -9,7 +9,6 @@ import functools
 import html
 import logging
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +17,18 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
-from engine import vocabulary, zeroshot
+from engine import images, vocabulary, zeroshot
 from engine.diff import DiffPair
 from engine.errors import USER_ERRORS
 from engine.heldout import Heldout
 from engine.registry import DiffPreset, Preset
 from engine.resident import Workbench
 from engine.sources import AllowedDirs
-from ui import readings
+from ui import readings, share
 
 log = logging.getLogger(__name__)
-
-MAX_UPLOAD_BYTES = 25 * 2**20
-MAX_PIXELS = 40_000_000  # a 40-megapixel image is the largest we decode
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError beyond 2x this
 
 
 @dataclass
@@ -73,14 +68,19 @@ class AppContext:
         chosen = self.choices[name]
         return ModelContext(self.load(chosen), self.heldout(chosen), self.concepts)
 
-    def pair(self, name: str | None) -> tuple[DiffPreset, DiffPair]:
-        """The checkpoint pair by its menu name (the first when empty), loaded."""
+    def pair_preset(self, name: str | None) -> DiffPreset:
+        """The checkpoint pair by its menu name (the first when empty), not loaded."""
         if not self.pairs or self.load_pair is None:
             raise ValueError("no checkpoint pair is offered by this server")
         name = name or next(iter(self.pairs))
         if name not in self.pairs:
             raise ValueError(f"unknown checkpoint pair {name!r}; valid: {', '.join(self.pairs)}")
-        return self.pairs[name], self.load_pair(self.pairs[name])
+        return self.pairs[name]
+
+    def pair(self, name: str | None) -> tuple[DiffPreset, DiffPair]:
+        """The checkpoint pair by its menu name (the first when empty), loaded."""
+        preset = self.pair_preset(name)
+        return preset, self.load_pair(preset)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -134,30 +134,14 @@ def empty_value(component: gr.components.Component):
 
 
 def load_image(value) -> Image.Image:
-    """A PIL image from what Gradio or a client sends (a path or a PIL image), with a clear message for
-    anything that is not a readable, reasonably sized image."""
+    """A PIL image from what Gradio or a client sends (a path, a FileData dict or a PIL image), upright, RGB and
+    downscaled early (engine.images), with a clear message for anything that is not a readable image."""
     if value is None or value == "":
         raise ValueError("no image: upload one or pick an example")
     if isinstance(value, Image.Image):
-        image = value
-    else:
-        path = Path(value if isinstance(value, str) else value.get("path", ""))
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path.name}")
-        if path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise ValueError(f"image file too large ({path.stat().st_size / 2**20:.0f} MB); the limit is 25 MB")
-        try:
-            image = Image.open(path)
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"image too large ({image.width}x{image.height}); the limit is 40 megapixels")
-            image.load()
-        except UnidentifiedImageError:
-            raise ValueError(f"{path.name} is not an image that can be read (PNG, JPEG, WebP, ...)") from None
-        except Image.DecompressionBombError:
-            raise ValueError(f"{path.name} has too many pixels; the limit is 40 megapixels") from None
-        except OSError:
-            raise ValueError(f"{path.name} is a broken or truncated image") from None
-    return image.convert("RGB")
+        return images.normalise(value)
+    path = value if isinstance(value, str) else value.get("path", "")
+    return images.read_image(path, Path(path).name)
 
 
 def parse_labels(text) -> list[str]:
@@ -259,30 +243,24 @@ def with_colour_scale(picture: Image.Image, peak: float, signed: bool, height: i
 
 
 def save_png(image: Image.Image, prefix: str) -> str:
-    """Write an output image to a temporary file (Gradio serves it; clients download it)."""
-    handle = tempfile.NamedTemporaryFile(prefix=prefix, suffix=".png", delete=False)
-    image.save(handle, format="PNG")
-    handle.close()
-    return handle.name
+    """Write an output image to a short-lived file (Gradio copies it into its cache, which the app's
+    ``delete_cache`` empties; this copy is removed by ui.share.output_path after a few minutes)."""
+    path = share.output_path(prefix, ".png")
+    image.save(path, format="PNG")
+    return str(path)
 
 
 class ImageInput(gr.Image):
-    """``gr.Image`` whose decoding failures (a text file, a truncated PNG, a decompression bomb) reach the user
-    as a clear message instead of Gradio's generic processing error."""
+    """``gr.Image(type="filepath")`` whose decoding failures (a text file, a truncated PNG, a decompression
+    bomb) reach the user as a clear message instead of Gradio's generic processing error."""
 
     def get_block_name(self) -> str:
         return "image"  # rendered by gr.Image's own frontend (a subclass has no frontend of its own)
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception:
-            # The decoder's own message names the server's temporary copy (/tmp/gradio/...): never shown.
-            name = html.escape(
-                Path(getattr(payload, "orig_name", None) or getattr(payload, "path", "") or "the file").name
-            )
-            raise gr.Error(
-                f"{name} is not an image that can be read (PNG, JPEG, WebP, ...)", print_exception=False
-            ) from None
+        """The uploaded file's path, untouched: Gradio's own decoding (which converts modes through a lossy
+        WebP copy and fails with a generic message) is skipped; every handler reads the file through
+        ``load_image``, which says what is wrong with it."""
+        if payload is None:
+            return None
+        return str(payload.path)

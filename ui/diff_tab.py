@@ -16,7 +16,7 @@ import torch
 from engine import attribution, diff, heldout, patching
 from engine.specs import ModelSpec
 from ui import readings, share
-from ui.common import AppContext, clear_on_failure, load_image, overlay, parse_labels, save_png, user_errors
+from ui.common import AppContext, ImageInput, clear_on_failure, load_image, overlay, parse_labels, save_png, user_errors
 
 PROBE_HELP = (
     "Toy pair: the number of freshly rendered scenes. Real pair: a folder of images inside a directory the "
@@ -50,10 +50,11 @@ def probe_images(app: AppContext, reference: ModelSpec, probe_text: str, labels:
 
 def run_diff(app: AppContext, pair_name, probe_text, labels_text, template, top_k, image):
     """Handler behind the `diff` endpoint."""
-    preset, pair = app.pair(pair_name)
+    preset = app.pair_preset(pair_name)
     labels = parse_labels(labels_text)
     top = max(1, min(50, int(float(top_k or 20))))
-    images, truth, probe = probe_images(app, preset.reference, probe_text, labels)
+    images, truth, probe = probe_images(app, preset.reference, probe_text, labels)  # refused before any load
+    _, pair = app.pair(pair_name)
     picture = load_image(image) if image else None
     result = diff.compare(pair, images, labels, template or None, truth, probe, top, picture)
     behaviour = pd.DataFrame(result["behaviour"]["per_label"])
@@ -215,8 +216,8 @@ def build(app: AppContext, image: gr.Image, labels: gr.Textbox, template: gr.Tex
     gr.Markdown("### Where: activation patching on the current image")
     with gr.Row():
         mode = gr.Radio(PATCH_MODES, value="models", label="Patch", scale=3)
-        counterfactual = gr.Image(label="Counterfactual image (for patching inside one model)", type="filepath",
-                                  height=160, scale=1)  # fmt: skip
+        counterfactual = ImageInput(label="Counterfactual image (for patching inside one model)", type="filepath",
+                                    height=160, scale=1)  # fmt: skip
         corruption = gr.Radio(CORRUPTION_CHOICES, value="counterfactual", label="Corruption", scale=2)
         metric = gr.Radio(["logit_difference", "probability", "kl"], value="logit_difference", label="Metric", scale=1)
     patch_button = gr.Button("Patch")

@@ -32,6 +32,11 @@ APP_CSS = """
 """Passed to ``launch(css=...)`` (Gradio 6): a small toy image (48 px) is shown at a readable size, its pixels sharp."""
 
 
+DELETE_CACHE = (600, 3600)
+"""Every 10 minutes Gradio deletes the files it cached for this app (uploads, output images, reports) that are
+older than an hour: a public server's disk stays bounded."""
+
+
 def heldout_for(chosen: Preset) -> Heldout:
     return heldout.heldout_for(chosen.model)
 
@@ -69,7 +74,7 @@ def describe(chosen: Preset, workbench: Workbench) -> str:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     first = ctx.choices[ctx.default]
-    with gr.Blocks(title="Concept Steering Workbench") as app:
+    with gr.Blocks(title="Concept Steering Workbench", delete_cache=DELETE_CACHE) as app:
         gr.Markdown(INTRO)
         with gr.Accordion("Glossary: the technical terms in plain words", open=False):
             gr.Markdown(glossary.markdown())

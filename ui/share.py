@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,9 +87,30 @@ def analysis_html(
     )
 
 
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "concept-steering-workbench-outputs"
+OUTPUT_MAX_AGE_S = 600
+"""A handler's output file is needed only until Gradio copies it into its own cache (at once, when the handler
+returns; the app's ``delete_cache`` empties that cache); older ones are removed at the next write, so the
+directory stays bounded by what ten minutes of requests write."""
+
+
+def output_path(prefix: str, suffix: str) -> Path:
+    """A fresh, unique path for one output file; removes the outputs older than :data:`OUTPUT_MAX_AGE_S`."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_DIR.iterdir():
+        try:
+            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                old.unlink()
+        except FileNotFoundError:  # removed by a concurrent request
+            continue
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=OUTPUT_DIR)
+    os.close(handle)
+    return Path(name)
+
+
 def write_file(text: str, prefix: str, suffix: str = ".html") -> str:
-    """Write a downloadable file (a report) to a temporary path that Gradio serves; returns the path."""
-    handle = tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=suffix, delete=False, encoding="utf-8")
-    handle.write(text)
-    handle.close()
-    return handle.name
+    """Write a downloadable file (a report) to a short-lived path (:func:`output_path`); returns the path."""
+    path = output_path(prefix, suffix)
+    path.write_text(text, encoding="utf-8")
+    return str(path)

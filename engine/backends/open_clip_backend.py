@@ -11,6 +11,8 @@ for the weights.
 from __future__ import annotations
 
 import logging
+import pickle
+from pathlib import Path
 
 import open_clip
 import torch
@@ -25,6 +27,25 @@ from engine.specs import ModelSpec
 log = logging.getLogger(__name__)
 
 
+def is_local_file(pretrained: str | None) -> bool:
+    return bool(pretrained) and Path(pretrained).is_file()
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's message, at most 200 characters (state-dict errors list every key)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:200]
+
+
+def unavailable(spec: ModelSpec, offline: bool, error: BaseException):
+    where = "the hub is not reachable from here" if offline else "it could not be fetched"
+    raise ModelUnavailableError(
+        f"open_clip model {spec.display_name} is not in the local cache and {where} ({error}). "
+        "Provide it locally: a weights file as the pretrained tag (open_clip:NAME@/path/to/weights.bin), "
+        "or a directory with open_clip_config.json and weights (open_clip:local-dir:/path)."
+    ) from error
+
+
 class OpenClipBackend(ResidualSites):
     def __init__(self, spec: ModelSpec, device: torch.device):
         self.spec = spec
@@ -35,13 +56,23 @@ class OpenClipBackend(ResidualSites):
                     spec.name, pretrained=spec.pretrained, device=device
                 )
                 self.tokenizer = open_clip.get_tokenizer(spec.name)  # hf-hub: names fetch theirs
-            except (FileNotFoundError, OSError, RuntimeError) as error:
-                where = "the hub is not reachable from here" if offline else "it could not be fetched"
+            except pickle.UnpicklingError:
                 raise ModelUnavailableError(
-                    f"open_clip model {spec.display_name} is not in the local cache and {where} ({error}). "
-                    "Provide it locally: a weights file as the pretrained tag (open_clip:NAME@/path/to/weights.bin), "
-                    "or a directory with open_clip_config.json and weights (open_clip:local-dir:/path)."
-                ) from error
+                    f"the weights file of {spec.display_name} needs unpickling of arbitrary objects, which is refused "
+                    "(it could run code); save the state dict as safetensors (safetensors.torch.save_file)"
+                ) from None
+            except (RuntimeError, AssertionError, KeyError, ValueError) as error:
+                if not is_local_file(spec.pretrained):
+                    if not isinstance(error, RuntimeError):
+                        raise  # a bug, not a download failure
+                    unavailable(spec, offline, error)
+                raise ModelUnavailableError(
+                    f"the weights in {Path(spec.pretrained).name} do not fit the open_clip architecture {spec.name} "
+                    f"({first_line(error)}); give a checkpoint of that architecture, or name the right one "
+                    "(open_clip:NAME@/path/weights)"
+                ) from None
+            except (FileNotFoundError, OSError) as error:
+                unavailable(spec, offline, error)
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         # Read once in float32: the workbench may cast the model to bfloat16 later, which would round it.

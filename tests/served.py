@@ -1,0 +1,9 @@
+"""Serving the app on loopback for tests: a free port."""
+
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
