@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import UnknownChoiceError, UserInputError
-from engine.specs import ASSETS, ModelSpec, SAESpec
+from engine.specs import ASSETS, ModelSpec, SAESpec, VLMSpec
 
 LABELS_DIR = ASSETS / "labels"
 TOY_EXAMPLES_DIR = ASSETS / "examples"
@@ -164,6 +164,62 @@ SAEV_VIT_B16 = Preset(
     ),
 )
 PRESETS: dict[str, Preset] = {p.name: p for p in (TOY, PRISMA_VIT_B32, SAEV_VIT_B16)}
+
+
+@dataclass(frozen=True)
+class ExplainPreset:
+    """A vision-language model with an SAE at a site of its vision tower (the Explain tab), with where each was
+    published and the memory it needs."""
+
+    name: str
+    vlm: VLMSpec
+    sae: SAESpec
+    description: str
+    sources: tuple[str, ...] = ()
+    memory: str = ""
+
+
+TOY_EXPLAIN = ExplainPreset(
+    name="toy: LLaVA on the toy CLIP",
+    vlm=VLMSpec.toy(),
+    sae=SAESpec.toy(),
+    description=(
+        "transformers' LLaVA built on the toy CLIP's vision tower (a small Llama trained on the caption grammar, "
+        "engine.toyworld.train_vlm) with the toy SAE at blocks.2.resid_post, the layer LLaVA reads"
+    ),
+    memory="about 30 MB; a CPU explains a latent in well under a second",
+)
+# Real pairs (not downloaded here: the project's machines have no hub). Ids, sites and formats as their
+# publications give them; the first source is the SAE's own page.
+LLAVA_SAE = ExplainPreset(
+    name="llava-sae",
+    vlm=VLMSpec("llava-hf/llava-1.5-7b-hf"),
+    sae=SAESpec("hf:mateuszpach/sae-for-vlm", site="blocks.22.resid_post"),
+    description=(
+        "LLaVA-1.5 7B with the sae-for-vlm SAE of Pach et al. 2025 (Matryoshka BatchTopK, 64x, k=20) on its CLIP "
+        "ViT-L/14-336 at layer 22, the output LLaVA reads (vision_feature_layer=-2)"
+    ),
+    sources=("https://huggingface.co/mateuszpach/sae-for-vlm", "https://github.com/ExplainableML/sae-for-vlm"),
+    memory="about 15 GB in float16 (a GPU with 24 GB); about 28 GB in float32 on a CPU, minutes per explanation",
+)
+GEMMA3_SAE = ExplainPreset(
+    name="gemma3-sae",
+    vlm=VLMSpec("google/gemma-3-4b-it"),
+    sae=SAESpec("hf:javifer/google_gemma-3-4b-it-saes", site="blocks.16.resid_post"),
+    description=(
+        "Gemma 3 4B (SigLIP tower) with the dictionary_learning TopK SAEs of Ferrando et al. 2026 (8,192 latents, "
+        "k=25; layers 6, 16 and 24 of the tower: name another with @blocks.N.resid_post)"
+    ),
+    sources=("https://huggingface.co/javifer/google_gemma-3-4b-it-saes", "https://github.com/HPAI-BSC/vision-interp"),
+    memory="about 9 GB in bfloat16 (a GPU with 16 GB); about 17 GB in float32 on a CPU",
+)
+EXPLAIN_PRESETS: dict[str, ExplainPreset] = {p.name: p for p in (TOY_EXPLAIN, LLAVA_SAE, GEMMA3_SAE)}
+
+
+def explain_preset(name: str) -> ExplainPreset:
+    if name not in EXPLAIN_PRESETS:
+        raise UnknownChoiceError("explain preset", name, EXPLAIN_PRESETS)
+    return EXPLAIN_PRESETS[name]
 
 
 def preset(name: str) -> Preset:

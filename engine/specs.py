@@ -16,6 +16,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_CLIP_DIR = ASSETS / "toy_clip"
 TOY_SAE_DIR = ASSETS / "toy_sae"
 TOY_SHORTCUT_DIR = ASSETS / "toy_clip_shortcut"  # the toy CLIP fine-tuned with a planted shortcut (Diff tab)
+TOY_VLM_DIR = ASSETS / "toy_vlm"  # the toy LLaVA: the toy CLIP's tower, a projector and a small Llama (Explain tab)
 PHOTOS_DIR = ASSETS / "photos"  # licensed photographs: examples, and the reference set for statistics
 
 MODEL_FAMILIES = ("open_clip", "hf_clip")
@@ -86,3 +87,23 @@ class SAESpec:
         if Path(self.path) == TOY_SAE_DIR:
             return "toy SAE (embedded)"
         return self.path if self.site is None else f"{self.path} @ {self.site}"
+
+
+@dataclass(frozen=True)
+class VLMSpec:
+    """A transformers image-text-to-text model: a hub id ("llava-hf/llava-1.5-7b-hf") or a directory written by
+    ``save_pretrained`` (model and processor)."""
+
+    name: str
+
+    @classmethod
+    def toy(cls) -> VLMSpec:
+        return cls(str(TOY_VLM_DIR))
+
+    @property
+    def is_local(self) -> bool:
+        return self.name.startswith(("/", ".", "~")) or Path(self.name).expanduser().is_dir()
+
+    @property
+    def display_name(self) -> str:
+        return "toy LLaVA (embedded)" if Path(self.name) == TOY_VLM_DIR else self.name

@@ -1,6 +1,6 @@
 """Rebuild every toy-world asset from scratch, deterministically, on a CPU.
 
-    python -m engine.toyworld.build              # assets/toy_clip, toy_sae, toy_clip_shortcut, examples
+    python -m engine.toyworld.build              # assets/toy_clip, toy_sae, toy_clip_shortcut, toy_vlm, examples
     python -m engine.toyworld.build --tiny --out /tmp/toy   # seconds: the same trainers on a tiny config
 
 Each asset directory gets a ``manifest.json`` with its config, seed, the command and its metrics.
@@ -21,7 +21,7 @@ import torch
 
 from engine.backends.open_clip_backend import OpenClipBackend
 from engine.specs import ASSETS, ModelSpec
-from engine.toyworld import render, train_clip, train_sae, train_shortcut
+from engine.toyworld import render, train_clip, train_sae, train_shortcut, train_vlm
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def write_examples(out: Path) -> None:
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
 
-STAGES = ("clip", "sae", "shortcut", "examples")
+STAGES = ("clip", "sae", "shortcut", "vlm", "examples")
 
 
 def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES, device: str = "cpu") -> dict:
@@ -61,12 +61,17 @@ def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES, devic
     np.random.seed(0)
     clip_config, sae_config = train_clip.ToyClipConfig(), train_sae.ToySAEConfig()
     shortcut_config = train_shortcut.ShortcutConfig()
+    vlm_config = train_vlm.ToyVLMConfig()
     if tiny:
         clip_config = replace(
             clip_config, layers=4, width=32, train_images=64, steps=2, batch_size=16, warm_start_steps=2
         )
         sae_config = replace(sae_config, train_images=32, steps=3, batch_tokens=64, label_images=48)
         shortcut_config = replace(shortcut_config, train_images=64, steps=2, batch_size=16, probe_images=32)
+        vlm_config = replace(
+            vlm_config, hidden=32, layers=1, intermediate=64, train_scenes=48, neutral_images=8, steps=4,
+            batch_size=8, heldout_scenes=4,
+        )  # fmt: skip
     command = " ".join(["python -m engine.toyworld.build", *sys.argv[1:]])
     start = time.time()
     if "clip" in stages:
@@ -79,6 +84,9 @@ def build(out: Path, tiny: bool = False, stages: tuple[str, ...] = STAGES, devic
     if "shortcut" in stages:
         train_shortcut.train(out / "toy_clip", shortcut_config, out / "toy_clip_shortcut", device)
         stamp(out / "toy_clip_shortcut", command)
+    if "vlm" in stages:
+        train_vlm.train(out / "toy_clip", vlm_config, out / "toy_vlm", device)
+        stamp(out / "toy_vlm", command)
     if "examples" in stages:
         write_examples(out / "examples")
     summary = {"seconds": round(time.time() - start), "out": str(out)}
