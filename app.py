@@ -16,7 +16,12 @@ optionally @blocks.N.resid_post. Each --model pairs with the --sae that follows 
 and is loaded at start-up (so a missing one fails at once); the toy world is always offered too. Each
 --intervened names a fine-tuned checkpoint of the --model at its position (same syntax), compared with it in
 the Diff tab through that model's SAE; the toy pair (the toy CLIP and its planted-shortcut fine-tune) is
-always offered there.
+always offered there. The Explain tab offers the toy LLaVA with the toy SAE, then each --explain-preset
+(llava-sae, gemma3-sae) and each --vlm with the --vlm-sae after it (a transformers image-text-to-text model by
+hub id or save_pretrained directory, and an SAE at a site of its vision tower):
+
+python app.py --explain-preset llava-sae --device cuda --dtype float16
+python app.py --vlm /models/llava-1.5-7b-hf --vlm-sae /saes/ae_100000.pt@blocks.22.resid_post --allow-dir /saes
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from engine.errors import WorkbenchError  # noqa: E402
 from engine.registry import (  # noqa: E402
+    EXPLAIN_PRESETS,
     PRESETS,
     TOY,
     TOY_DIFF,
+    TOY_EXPLAIN,
     DiffPreset,
+    ExplainPreset,
     Preset,
+    explain_preset,
     label_set,
     parse_model,
     parse_sae,
@@ -41,7 +50,7 @@ from engine.registry import (  # noqa: E402
 )
 from engine.resident import DTYPES, load_workbench  # noqa: E402
 from engine.sources import HUB_PREFIX, AllowedDirs, local_model_paths  # noqa: E402
-from engine.specs import TOY_SHORTCUT_DIR  # noqa: E402
+from engine.specs import TOY_SHORTCUT_DIR, TOY_VLM_DIR, VLMSpec  # noqa: E402
 
 QUEUE_MAX_SIZE = 64
 """Requests that may wait in the queue; beyond it Gradio answers "Queue is full" at once instead of letting
@@ -71,6 +80,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-mb", type=int, default=512, help="byte budget of the per-image activation cache")
     parser.add_argument("--max-threads", type=int, default=8, help="concurrent requests Gradio accepts")
     parser.add_argument(
+        "--explain-preset",
+        action="append",
+        default=[],
+        help=f"a VLM + SAE pair for Explain; one of: {', '.join(EXPLAIN_PRESETS)}",
+    )
+    parser.add_argument("--vlm", action="append", default=[], help="a VLM for the Explain tab (hub id or directory)")
+    parser.add_argument(
+        "--vlm-sae", action="append", default=[], help="the SAE (at a vision-tower site) for the --vlm before it"
+    )
+    parser.add_argument(
+        "--explain-cache", help="where explanations are cached (default: $WORKBENCH_EXPLAIN_CACHE or ~/.cache/...)"
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=1, help="requests computed at once per endpoint (the rest wait in the queue)"
     )
     parser.add_argument(
@@ -79,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.model) != len(args.sae):
         parser.error(f"each --model needs one --sae: got {len(args.model)} models and {len(args.sae)} SAEs")
+    if len(args.vlm) != len(args.vlm_sae):
+        parser.error(f"each --vlm needs one --vlm-sae: got {len(args.vlm)} VLMs and {len(args.vlm_sae)} SAEs")
     if len(args.intervened) > len(args.model):
         parser.error(f"each --intervened pairs with a --model: got {len(args.intervened)} for {len(args.model)} models")
     return args
@@ -121,6 +145,17 @@ def pairs_from_args(args: argparse.Namespace) -> dict[str, DiffPreset]:
     return pairs
 
 
+def explain_pairs_from_args(args: argparse.Namespace) -> dict[str, ExplainPreset]:
+    """VLM + SAE pairs for the Explain tab: the toy (when built), the presets asked for, each --vlm with its SAE."""
+    pairs: dict[str, ExplainPreset] = {TOY_EXPLAIN.name: TOY_EXPLAIN} if TOY_VLM_DIR.is_dir() else {}
+    for name in args.explain_preset:
+        pairs[name] = explain_preset(name)
+    for vlm_text, sae_text in zip(args.vlm, args.vlm_sae):
+        name = f"{vlm_text} + {sae_text}"
+        pairs[name] = ExplainPreset(name, VLMSpec(vlm_text), parse_sae(sae_text), "named on the command line")
+    return pairs
+
+
 def create_app(
     device: str | None = None,
     choices: dict[str, Preset] | None = None,
@@ -129,14 +164,24 @@ def create_app(
     allowed: AllowedDirs | None = None,
     concepts: tuple[str, ...] | None = None,
     pairs: dict[str, DiffPreset] | None = None,
+    explain_pairs: dict[str, ExplainPreset] | None = None,
+    explain_cache: str | None = None,
 ):
     """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now.
 
     ``concepts`` replaces the shipped vocabulary (assets/labels/concepts.txt) that names latents of real models.
-    ``pairs`` are the checkpoint pairs the Diff tab offers (default: the toy pair, when its assets are present).
+    ``pairs`` are the checkpoint pairs the Diff tab offers (default: the toy pair, when its assets are present);
+    ``explain_pairs`` the VLM + SAE pairs of the Explain tab (default: the toy LLaVA, when built), whose explanations
+    are cached in ``explain_cache`` (default: engine.explain.default_cache_dir()).
     """
+    from pathlib import Path
+
     from engine.diff import DiffPair
+    from engine.explain import Explainer, ExplanationCache, default_cache_dir
+    from engine.resident import KeyedCache, resident_sae
+    from engine.vlm import resident_vlm
     from ui.common import AppContext
+    from ui.explain_tab import ExplainContext
     from ui.layout import build_app, example_files, heldout_for
 
     choices = choices or {TOY.name: TOY}
@@ -157,6 +202,19 @@ def create_app(
         choices=choices, load=load, heldout=heldout_for, examples=example_files(), pairs=pairs, load_pair=load_pair,
         allowed=allowed,
     )  # fmt: skip
+    if explain_pairs is None:
+        explain_pairs = {TOY_EXPLAIN.name: TOY_EXPLAIN} if TOY_VLM_DIR.is_dir() else {}
+    cache_dir = Path(explain_cache) if explain_cache else default_cache_dir()
+    explainers: KeyedCache[ExplainPreset, Explainer] = KeyedCache()
+
+    def load_explainer(chosen: ExplainPreset) -> Explainer:
+        def make() -> Explainer:
+            sae = resident_sae(chosen.sae, device, dtype, allowed)  # first: a missing SAE fails before a slow load
+            return Explainer(resident_vlm(chosen.vlm, device, dtype, allowed), sae, cache_dir)
+
+        return explainers.get(chosen, make)
+
+    ctx.explain = ExplainContext(explain_pairs, load_explainer, ExplanationCache(cache_dir))
     if concepts is not None:
         ctx.concepts = lambda: concepts
     ctx.model(ctx.default)
@@ -179,7 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     named += [chosen.sae.path for chosen in choices.values() if not chosen.sae.path.startswith(HUB_PREFIX)]
     allowed = AllowedDirs.default(args.allow_dir).with_paths(named)
     try:
-        app = create_app(args.device, choices, args.cache_mb, args.dtype, allowed, pairs=pairs)
+        explain_pairs = explain_pairs_from_args(args)
+        named += [p.vlm.name for p in explain_pairs.values() if p.vlm.is_local]
+        named += [p.sae.path for p in explain_pairs.values() if not p.sae.path.startswith(HUB_PREFIX)]
+        allowed = AllowedDirs.default(args.allow_dir).with_paths(named)
+        app = create_app(
+            args.device, choices, args.cache_mb, args.dtype, allowed, pairs=pairs, explain_pairs=explain_pairs,
+            explain_cache=args.explain_cache,
+        )  # fmt: skip
     except (WorkbenchError, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
     serve(

@@ -33,8 +33,9 @@ def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
     return frame.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def run_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k):
-    """Handler behind the `attribute` endpoint."""
+def run_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k, explain_settings=None):
+    """Handler behind the `attribute` endpoint (``explain_settings``: those of the session's last Explain batch, whose
+    cached explanations the table shows)."""
     workbench = ctx.workbench
     picture = load_image(image)
     labels = parse_labels(labels_text)
@@ -55,6 +56,9 @@ def run_attribution(ctx: ModelContext, image, labels_text, template, target, met
             "activation": [float(activation_S[i]) for i in latents],
         }
     )
+    explained = ctx.explanations(latents, explain_settings)
+    if explained:  # the Explain tab's words for each latent, where it has explained them
+        table["explanation"] = [explained.get(i, "") for i in latents]
     grid = workbench.backend.grid
     gallery = []
     for i in latents[:6]:
@@ -171,7 +175,8 @@ def build(
     labels: gr.Textbox,
     template: gr.Textbox,
     selected_latent: gr.Textbox,
-) -> None:
+):
+    """The tab's components and events; returns ``refresh(event, settings_state)`` for the Explain tab."""
     with gr.Row():
         target = gr.Textbox(
             label="Target label (blank: the predicted one)",
@@ -254,6 +259,19 @@ def build(
     )
     clear_on_failure(exporting, [exported])
     latents.select(pick, latents, selected_latent, api_name=False)
+
+    def refresh(after, explain_settings: gr.State) -> None:
+        """Run Attribution again when ``after`` succeeds (the Explain tab's batch): the table then shows the new
+        explanations, read from the cache under the settings in ``explain_settings``."""
+
+        def again(image, labels_text, template_text, target_text, metric_value, k, model_name, settings):
+            ctx = app.model(model_name)
+            return run_attribution(ctx, image, labels_text, template_text, target_text, metric_value, k, settings)
+
+        inputs = [image, labels, template, target, metric, top_k, model, explain_settings]
+        after.success(user_errors(again), inputs, outputs, api_name=False)
+
     selected_latent.change(
         user_errors(heatmap), [image, selected_latent, template, model], [heat, heat_caption], api_name="heatmap"
     )
+    return refresh

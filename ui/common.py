@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -39,6 +40,8 @@ class ModelContext:
     workbench: Workbench
     heldout: Heldout | None = None
     concepts: Callable[[], tuple[str, ...]] = field(default=vocabulary.concept_vocabulary)
+    explanations: Callable[[list[int], object], dict[int, str]] = field(default=lambda latents, settings=None: {})
+    """Cached explanations (Explain tab) of latents of this SAE, under an Explain settings object (None: defaults)."""
 
     def latent_names(self, latents: list[int], template: str | None) -> dict[int, tuple[str, float | None, str]]:
         return vocabulary.latent_names(self.workbench, latents, template, self.concepts())
@@ -56,6 +59,7 @@ class AppContext:
     pairs: dict[str, DiffPreset] = field(default_factory=dict)
     load_pair: Callable[[DiffPreset], DiffPair] | None = None
     allowed: AllowedDirs | None = None
+    explain: Any = None  # ui.explain_tab.ExplainContext: the Explain tab's VLMs (None: the tab says none is offered)
 
     @property
     def default(self) -> str:
@@ -66,7 +70,13 @@ class AppContext:
         if name not in self.choices:
             raise ValueError(f"unknown model {name!r}; valid: {', '.join(self.choices)}")
         chosen = self.choices[name]
-        return ModelContext(self.load(chosen), self.heldout(chosen), self.concepts)
+        workbench = self.load(chosen)
+        context = ModelContext(workbench, self.heldout(chosen), self.concepts)
+        if self.explain is not None:
+            context.explanations = lambda latents, settings=None: self.explain.explanations(
+                workbench.resident_sae, latents, settings
+            )
+        return context
 
     def pair_preset(self, name: str | None) -> DiffPreset:
         """The checkpoint pair by its menu name (the first when empty), not loaded."""

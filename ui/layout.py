@@ -10,7 +10,7 @@ from engine.heldout import Heldout
 from engine.registry import TOY_EXAMPLES_DIR, Preset, default_labels, label_set, label_set_names
 from engine.resident import Workbench
 from engine.specs import PHOTOS_DIR, ModelSpec
-from ui import attribution_tab, diff_tab, glossary, steering_tab
+from ui import attribution_tab, diff_tab, explain_tab, glossary, steering_tab
 from ui.common import (
     AppContext,
     ImageInput,
@@ -23,7 +23,8 @@ from ui.common import (
 INTRO = """# Concept Steering Workbench
 Upload an image (or pick an example), give the labels to choose between, then see which sparse-autoencoder
 concepts drive the prediction (**Attribution**) and what happens when you suppress, amplify or add them
-(**Steering**), or what changed between two checkpoints of a model (**Diff**)."""
+(**Steering**), what a concept is in words, said by a vision-language model (**Explain**), or what changed between
+two checkpoints of a model (**Diff**)."""
 
 
 APP_CSS = """
@@ -115,9 +116,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 )
         with gr.Tabs():
             with gr.Tab("Attribution"):
-                attribution_tab.build(ctx, model, image, labels, template, selected_latent)
+                refresh_attribution = attribution_tab.build(ctx, model, image, labels, template, selected_latent)
             with gr.Tab("Steering"):
                 steering_tab.build(ctx, model, image, labels, template, selected_latent)
+            with gr.Tab("Explain"):
+                explain_context = ctx.explain or explain_tab.ExplainContext({}, lambda chosen: None)
+                explain_tab.build(
+                    ctx, explain_context, model, image, labels, template, selected_latent, refresh_attribution
+                )
             with gr.Tab("Diff"):
                 diff_tab.build(ctx, image, labels, template)
 
