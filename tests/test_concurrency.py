@@ -1,0 +1,175 @@
+"""Many users at once, through the served app: 16 gradio_client clients firing a mix of every endpoint (two
+models, different images, edits and modes, the Diff tab's endpoints) get exactly what the same requests get one
+at a time; a full queue answers at once with Gradio's "Queue is full"; outputs leave no files behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from engine.bench import random_sae
+from engine.registry import TOY, TOY_DIFF, Preset
+from engine.sources import AllowedDirs
+from engine.specs import ASSETS, PHOTOS_DIR, TOY_SHORTCUT_DIR, ModelSpec, SAESpec
+from ui import share
+
+from .conftest import SHAPES
+from .served import free_port
+
+LABELS = ", ".join(SHAPES)
+VIT = "ViT-B-32 (random weights) + random SAE"
+EXAMPLES = sorted(str(p) for p in (ASSETS / "examples").glob("*.png"))
+PHOTO = str(PHOTOS_DIR / "chelsea.jpg")
+PHOTO_LABELS = "cat, dog, car, coffee"
+
+
+@pytest.fixture(scope="module")
+def url(workbench, tmp_path_factory):
+    from app import create_app, serve
+
+    directory = tmp_path_factory.mktemp("sae")
+    random_sae(768, 1024, 16, "blocks.8.resid_post", seed=2).save(directory)
+    choices = {"toy": TOY, VIT: Preset(VIT, ModelSpec("open_clip", "ViT-B-32"), SAESpec(str(directory)), "random")}
+    pairs = {TOY_DIFF.name: TOY_DIFF} if TOY_SHORTCUT_DIR.is_dir() else {}
+    app = create_app("cpu", choices, allowed=AllowedDirs.default([directory]), pairs=pairs)
+    port = free_port()
+    serve(app, "127.0.0.1", port, concurrency=4, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def requests() -> list[tuple[str, tuple]]:
+    """16 requests: attribution, steering (scale, add, at patches), sweeps and ripple on the toy model and on a
+    real architecture, and the Diff tab's diff and patch."""
+    image = [handle_file(p) for p in EXAMPLES]
+    photo = handle_file(PHOTO)
+    out = [
+        ("/attribute", (image[0], LABELS, "a {}", "", "logit_difference", 5)),
+        ("/attribute", (image[1], LABELS, "a {}", "square", "probability", 3)),
+        ("/attribute", (photo, PHOTO_LABELS, "a photo of a {}.", "", "logit_difference", 4, VIT)),
+        ("/steer", (image[2], LABELS, "a {}", "3, 40", "0", "scale", "")),
+        ("/steer", (image[3], LABELS, "a {}", "7", "4", "add", "0, 1, 6")),
+        ("/steer", (image[0], LABELS, "a {}", "12", "2.5", "scale", "14")),
+        ("/steer", (photo, PHOTO_LABELS, "a photo of a {}.", "5", "0", "scale", "", VIT)),
+        ("/steer", (photo, PHOTO_LABELS, "a photo of a {}.", "9", "3", "add", "", VIT)),
+        ("/sweep", (image[4], LABELS, "a {}", 3, -1, 3, 9, "scale", "", "logit_difference")),
+        ("/sweep", (image[5], LABELS, "a {}", 40, 0, 4, 5, "add", "", "kl")),
+        ("/sweep", (photo, PHOTO_LABELS, "a photo of a {}.", 5, -1, 2, 4, "scale", "", "probability", VIT)),
+        ("/ripple", (LABELS, "a {}", "3", "0", "scale", "")),
+        ("/heatmap", (image[1], "40", "a {}")),
+        ("/check_image", (photo, "toy")),
+    ]
+    if TOY_SHORTCUT_DIR.is_dir():
+        out.append(("/diff", (TOY_DIFF.name, "16", LABELS, "a {}", 5, image[3])))
+        out.append(
+            ("/patch", (TOY_DIFF.name, image[3], None, LABELS, "a {}", "models", "counterfactual", "logit_difference"))
+        )
+    while len(out) < 16:
+        out.append(("/attribute", (image[len(out) % len(image)], LABELS, "a {}", "", "logit_difference", 2)))
+    return out
+
+
+def comparable(value):
+    """A result with every file replaced by the hash of its bytes (file names differ between calls)."""
+    if isinstance(value, dict):
+        if "path" in value and isinstance(value.get("path"), str) and Path(value["path"]).is_file():
+            return comparable(value["path"])
+        return {k: comparable(v) for k, v in value.items() if k not in ("url",)}
+    if isinstance(value, (list, tuple)):
+        return [comparable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and Path(value).is_file():
+        return "file:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return value
+
+
+def run(client: Client, request: tuple[str, tuple]):
+    api_name, args = request
+    return comparable(client.predict(*args, api_name=api_name))
+
+
+def test_sixteen_clients_at_once_get_exactly_the_sequential_results(url):
+    batch = requests()
+    assert len(batch) == 16 and len({name for name, _ in batch}) >= 6
+    one = Client(url, verbose=False)
+    sequential = [run(one, request) for request in batch]
+    clients = [Client(url, verbose=False) for _ in batch]
+    start = threading.Barrier(len(batch))
+
+    def fire(i: int):
+        start.wait()  # all 16 leave together
+        return run(clients[i], batch[i])
+
+    with ThreadPoolExecutor(len(batch)) as pool:
+        concurrent = list(pool.map(fire, range(len(batch))))
+    for request, alone, together in zip(batch, sequential, concurrent, strict=True):
+        assert together == alone, f"{request[0]} differs when run beside others"
+    # And once more in reverse order on the same server: no state carried between requests either.
+    assert [run(one, request) for request in reversed(batch)] == sequential[::-1]
+
+
+def test_outputs_leave_no_files_behind_in_the_temporary_directory(url):
+    """Heatmaps and reports go to one short-lived folder that prunes itself (Gradio's copies are removed by the
+    app's delete_cache); nothing is left in the system's temporary directory."""
+    tmp = Path(share.OUTPUT_DIR).parent
+    before = {p.name for p in tmp.iterdir() if p.is_file()}
+    client = Client(url, verbose=False)
+    for example in EXAMPLES[:3]:
+        client.predict(handle_file(example), LABELS, "a {}", "", "logit_difference", 6, api_name="/attribute")
+    client.predict(handle_file(EXAMPLES[0]), LABELS, "a {}", "", "logit_difference", 3, api_name="/export_attribution")
+    leaked = {p.name for p in tmp.iterdir() if p.is_file()} - before
+    assert not {name for name in leaked if name.startswith(("latent", "attribution_", "patch_"))}, leaked
+
+
+def test_old_output_files_are_pruned():
+    stale = share.output_path("stale_", ".png")
+    old = time.time() - share.OUTPUT_MAX_AGE_S - 60
+    os.utime(stale, (old, old))
+    fresh = share.output_path("fresh_", ".png")
+    assert not stale.exists() and fresh.exists()
+
+
+@pytest.fixture(scope="module")
+def small_queue_url(workbench):
+    from app import create_app, serve
+
+    app = create_app("cpu", {"toy": TOY}, pairs={TOY_DIFF.name: TOY_DIFF})
+    port = free_port()
+    serve(app, "127.0.0.1", port, concurrency=1, queue_size=1, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.mark.skipif(not TOY_SHORTCUT_DIR.is_dir(), reason="the toy pair's assets are not built")
+def test_a_full_queue_answers_busy_at_once_and_the_server_recovers(small_queue_url):
+    """One request computing and one waiting fill a queue of size 1; the others are told at once."""
+    slow = (TOY_DIFF.name, "128", LABELS, "a {}", 5, None)
+    clients = [Client(small_queue_url, verbose=False) for _ in range(6)]
+    start = threading.Barrier(len(clients))
+
+    def fire(client: Client):
+        start.wait()
+        began = time.perf_counter()
+        try:
+            client.predict(*slow, api_name="/diff")
+            return "done", time.perf_counter() - began
+        except Exception as error:  # noqa: BLE001 - the message is what is checked
+            return str(error), time.perf_counter() - began
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(fire, clients))
+    refused = [(text, seconds) for text, seconds in outcomes if text != "done"]
+    done = [seconds for text, seconds in outcomes if text == "done"]
+    assert refused and done, outcomes
+    assert all("Queue is full" in text for text, _ in refused), refused
+    assert max(seconds for _, seconds in refused) < min(done), outcomes  # refused at once, not after waiting
+    table, *_ = Client(small_queue_url, verbose=False).predict(
+        handle_file(EXAMPLES[0]), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer"
+    )
+    assert len(table["data"]) == len(SHAPES)
