@@ -1,0 +1,134 @@
+"""engine.index against a brute-force reference, across processes and resumes; engine.cards against the index."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import cards, index
+from engine.image_sources import ToyImages
+from engine.specs import ASSETS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def brute_force(workbench, source, top_n):
+    """Per latent: images sorted by (activation desc, position asc), fired counts, sums, |f| histogram; one image at a
+    time, with the SAE module directly (no engine.index code)."""
+    backend, sae = workbench.backend, workbench.sae
+    maxima, fired_tokens, fired_images, sums, values = [], 0, 0, 0, [[] for _ in range(workbench.d_sae)]
+    for i in range(len(source)):
+        with torch.no_grad():
+            acts = backend.prefix(backend.pixels([source.load(i)]), workbench.site)[0]
+            f_TS = sae.encode(acts)
+        maxima.append(f_TS.max(0).values)
+        fired_tokens = fired_tokens + (f_TS != 0).sum(0)
+        fired_images = fired_images + (f_TS != 0).any(0)
+        sums = sums + f_TS.double().sum(0)
+        for t, s in (f_TS != 0).nonzero().tolist():
+            values[s].append(abs(float(f_TS[t, s])))
+    max_NS = torch.stack(maxima)
+    top = [
+        sorted((-float(max_NS[n, s]), n) for n in range(len(source)) if max_NS[n, s] > 0)[:top_n]
+        for s in range(workbench.d_sae)
+    ]
+    return top, fired_tokens, fired_images, sums, values
+
+
+def test_index_equals_brute_force(workbench):
+    source = ToyImages(24, 11)
+    state, manifest = index.build_index(workbench, source, top_n=5, batch_images=7, chunk_images=10)
+    top, fired_tokens, fired_images, sums, values = brute_force(workbench, source, 5)
+    for s in range(workbench.d_sae):
+        ids = [i for i in state.top_images_SN[s].tolist() if i >= 0]
+        assert ids == [n for _, n in top[s]], s
+        assert np.allclose(state.top_values_SN[s, : len(ids)].numpy(), [-v for v, _ in top[s]], atol=1e-5)
+    assert torch.equal(state.fired_tokens_S, fired_tokens) and torch.equal(state.fired_images_S, fired_images.long())
+    assert torch.allclose(state.sum_S, sums, rtol=1e-5, atol=1e-4)
+    edges = np.concatenate([[0], index.BIN_EDGES.numpy(), [np.inf]])
+    for s in range(0, workbench.d_sae, 37):
+        assert state.histogram_SB[s].tolist() == np.histogram(values[s], edges)[0].tolist(), s
+    assert manifest["counts"]["images"] == 24 and manifest["counts"]["tokens"] == 24 * 37
+
+
+def test_resumed_build_equals_one_build(workbench, tmp_path):
+    source = ToyImages(30, 12)
+    straight, _ = index.build_index(workbench, source, tmp_path / "a", top_n=4, chunk_images=8)
+    index.build_index(workbench, source, tmp_path / "b", top_n=4, chunk_images=8, stop_after_chunks=2)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["images_done"] == 16
+    resumed, manifest = index.build_index(workbench, source, tmp_path / "b", top_n=4, chunk_images=8, resume=True)
+    assert manifest["images_done"] == 30 and resumed.n_images == 30
+    a, b = load_file(str(tmp_path / "a" / index.INDEX_FILE)), load_file(str(tmp_path / "b" / index.INDEX_FILE))
+    for name in a:
+        assert torch.allclose(a[name].double(), b[name].double(), atol=1e-6), name
+    with pytest.raises(ValueError, match="another top_n"):
+        index.build_index(workbench, source, tmp_path / "b", top_n=5, resume=True)
+
+
+def test_two_processes_build_the_same_index(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    flags = ["--model", "toy", "--sae", "assets/toy_sae", "--data", "toy:40@13", "--top-n", "4", "--chunk-images"]
+    flags += ["16", "--batch-images", "5", "--device", "cpu", "--out"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--main_process_port", str(port), "-m", "engine.index", "build"]
+    for command, out in ((launch, "two"), ([sys.executable, "-m", "engine.index", "build"], "one")):
+        done = subprocess.run(
+            [*command, *flags, str(tmp_path / out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    one, two = (load_file(str(tmp_path / d / index.INDEX_FILE)) for d in ("one", "two"))
+    for name in one:
+        assert torch.allclose(one[name].double(), two[name].double(), atol=1e-5), name
+
+
+def test_quantiles_from_the_histogram():
+    counts = torch.zeros(index.N_BINS, dtype=torch.int64)
+    one = int(torch.bucketize(torch.tensor(1.1, dtype=torch.float64), index.BIN_EDGES))  # the bin 1.0 .. 1.33
+    counts[one], counts[one + 8] = 90, 10  # 90 values near 1, 10 near 10
+    assert 1.0 <= index.histogram_quantile(counts, 0.5) <= 1.34
+    assert 1.0 <= index.histogram_quantile(counts, 0.9) <= 1.34
+    assert 10.0 <= index.histogram_quantile(counts, 0.95) <= 13.4
+
+
+def test_shipped_toy_index_fits_the_toy_sae_and_its_cards_agree(workbench):
+    found = index.find_index(workbench)
+    assert found is not None and found.directory == ASSETS / "toy_index" and found.complete
+    assert found.manifest["dataset"] == index.TOY_INDEX_DATASET and found.d_sae == workbench.d_sae
+    latent = max(range(workbench.d_sae), key=lambda s: float(found.frequency_S[s]))
+    card = cards.latent_card(workbench, found, latent, n_examples=6)
+    assert len(card.examples) == 6 and card.label == workbench.latent_info.labels[latent]
+    for example in card.examples:
+        peak = float(example.map_HW.max())
+        # the index's value is the maximum over all tokens: the strongest patch, unless the class token is stronger
+        assert peak <= example.activation + 1e-4
+        if example.patch >= 0:
+            assert example.map_HW.flatten()[example.patch] == pytest.approx(peak, abs=1e-5)
+            assert peak == pytest.approx(example.activation, abs=1e-4) or example.activation > peak
+    values = [e.activation for e in card.examples]
+    assert values == sorted(values, reverse=True)
+
+
+def test_card_exports_escape_text_and_are_valid_json(workbench):
+    found = index.find_index(workbench)
+    card = cards.latent_card(workbench, found, 3, n_examples=2)
+    hostile = cards.LatentCard(**{**card.__dict__, "label": '<img src=x onerror="alert(1)">'})
+    page = cards.cards_html([hostile])
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+    assert page.count("data:image/png;base64,") == 2 and "<script" not in page and 'src="http' not in page
+    loaded = json.loads(cards.cards_json([card]))["cards"][0]
+    assert (
+        loaded["latent"] == 3
+        and len(loaded["examples"]) == 2
+        and loaded["examples"][0]["thumbnail"].startswith("data:")
+    )
