@@ -166,8 +166,11 @@ def create_app(
     pairs: dict[str, DiffPreset] | None = None,
     explain_pairs: dict[str, ExplainPreset] | None = None,
     explain_cache: str | None = None,
+    preload: bool = False,
 ):
-    """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now.
+    """The Gradio Blocks (used by the CLI, the Space and the tests); the default model is loaded now, and with
+    ``preload`` every offered model, pair and explainer too (a Space on a lent GPU must hold its models before any
+    call; one that cannot be loaded is logged, and says why when chosen).
 
     ``concepts`` replaces the shipped vocabulary (assets/labels/concepts.txt) that names latents of real models.
     ``pairs`` are the checkpoint pairs the Diff tab offers (default: the toy pair, when its assets are present);
@@ -218,6 +221,14 @@ def create_app(
     if concepts is not None:
         ctx.concepts = lambda: concepts
     ctx.model(ctx.default)
+    if preload:
+        loads = [(name, ctx.model, name) for name in choices] + [(name, ctx.pair, name) for name in pairs]
+        loads += [(name, load_explainer, chosen) for name, chosen in explain_pairs.items()]
+        for name, load_one, key in loads:
+            try:
+                load_one(key)
+            except (WorkbenchError, ValueError, FileNotFoundError) as error:
+                logging.getLogger(__name__).warning("not preloaded: %s: %s", name, error)
     return build_app(ctx)
 
 

@@ -28,6 +28,7 @@ from engine.registry import DiffPreset, Preset
 from engine.resident import Workbench
 from engine.sources import AllowedDirs
 from ui import readings, share
+from ui.gpu import on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ class AppContext:
         return preset, self.load_pair(preset)
 
 
-def user_errors(fn: Callable) -> Callable:
+def user_errors(fn: Callable, gpu: bool = True) -> Callable:
     """Run a handler. A user error (engine.errors) becomes a ``gr.Error`` with its message, escaped (Gradio
     renders the toast as HTML, and the message may quote the user's text) and logged as one line; anything
-    else is a bug: logged with its traceback, reported to the user without internal text."""
+    else is a bug: logged with its traceback, reported to the user without internal text. A handler that runs a
+    model (``gpu``, the default) runs on a lent GPU where the app is served on one (ui/gpu.py)."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -116,7 +118,7 @@ def user_errors(fn: Callable) -> Callable:
                 print_exception=False,  # logged above, with its traceback, once
             ) from None
 
-    return wrapped
+    return on_gpu(wrapped) if gpu else wrapped
 
 
 def image_warnings(workbench: Workbench, picture: Image.Image) -> list[str]:

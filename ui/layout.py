@@ -158,7 +158,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         # `input`, not `change`: the menu set back by `stay` must not start another switch.
         switched = model.input(
-            user_errors(switch),
+            user_errors(switch, gpu=False),  # a look-up: every model is loaded outside GPU calls
             [model, loaded],
             [*switch_outputs, loaded],
             api_name="select_model",
