@@ -22,7 +22,10 @@ prefix like a user's first request does, unless the figure is about the cache.
   tokens at once, one direction) of one image into another, ours (one batched pass per block from the stored
   residual streams, engine.patching) against one hooked full forward per patch. On the toy model the naive
   side runs every patch; on ViT-B/32 it runs ``NAIVE_PATCH_SAMPLE`` patches and is scaled to the full count
-  (``naive_extrapolated``: true).
+  (``naive_extrapolated``: true);
+* ``explain`` (when the toy LLaVA is built): seconds per explanation on the toy VLM (the steered generation and
+  its three controls, uncached), ours (one batched ``generate`` of four rows, each with its own edit in one
+  hook) against four ``generate`` calls with a hook each (``speedup``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from engine.report import print_result
 from engine.resident import Workbench, load_workbench
 from engine.sae import SAE, SAEConfig
 from engine.sources import AllowedDirs
-from engine.specs import ModelSpec, SAESpec
+from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
 STRENGTHS = np.linspace(-1, 3, 16).tolist()
@@ -302,6 +305,33 @@ def patching_sweep(workbench: Workbench, images: Images, naive_sample: int | Non
     }
 
 
+def explain_speed(device: torch.device, repeats: int) -> dict:
+    """Seconds per explanation on the toy LLaVA (see the module docstring)."""
+    from engine.explain import Explainer, ExplainSettings
+    from engine.resident import resident_sae
+    from engine.specs import VLMSpec
+    from engine.vlm import resident_vlm
+
+    explainer = Explainer(resident_vlm(VLMSpec.toy(), device), resident_sae(SAESpec.toy(), device), None)
+    settings = ExplainSettings().resolved()
+    latents = iter(range(10**6))
+
+    def ours():
+        explainer.explain(next(latents) % explainer.d_sae, settings)
+
+    def naive():
+        latent = next(latents) % explainer.d_sae
+        for row in explainer._rows(latent, settings, [settings.coefficient]):
+            explainer._generate([row], settings)
+
+    speedup, ours_s, naive_s = interleaved_ratio(ours, naive, repeats)
+    return {
+        "seconds_per_explanation": round(ours_s, 3),
+        "naive_seconds": round(naive_s, 3),
+        "speedup": round(speedup, 2),
+    }
+
+
 def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True, dtype: str = "float32") -> dict:
     torch.set_grad_enabled(True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -319,6 +349,8 @@ def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = Tr
     toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
     result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, repeats)
     result["toy"]["patching_sweep"] = patching_sweep(toy, Images(48, seed=2))
+    if TOY_VLM_DIR.is_dir():
+        result["explain"] = explain_speed(device, repeats)
     if with_cold_start:
         result["cold_start_s"] = round(cold_start_seconds(), 2)
     return result

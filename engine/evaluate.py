@@ -34,6 +34,12 @@ among the factor's values, the other words of the caption fixed to the truth. Th
   ``patching_self_max_abs`` (largest change from patching a run into itself: must be 0) and
   ``patching_localised_block`` (median over those marker scenes of the first block where denoising, the
   reference's residual stream written into the intervened model, restores half of the logit difference);
+* the Explain tab on the toy LLaVA (when built; engine.toyworld.train_vlm), over every latent whose ground-truth
+  concept AUROC is at least 0.9 (``EXPLAIN_MIN_AUROC``), with the default settings (add style, white image,
+  greedy): ``explanation_accuracy`` (share whose steered explanation names the latent's concept value, as the
+  caption grammar words it), ``explanation_control_false_rate`` (share of the random-direction and
+  permuted-latent controls that name it; a permuted latent with the same label is not counted),
+  ``vlm_caption_exact_match`` (held-out scenes whose generated caption is exactly the true one);
 * ``vocabulary_label_accuracy``: for latents with a ground-truth label (AUROC >= 0.75), how often the naming
   used for real models (engine.vocabulary: no ground truth, only the text tower) picks the true factor value
   among all 21 values; chance is 1/21.
@@ -46,23 +52,27 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from engine import attribution, diff, heldout, patching, vocabulary
+from engine import attribution, diff, explain, heldout, patching, vocabulary
 from engine.edits import NO_EDIT, Edit, edited_acts, edited_logits
+from engine.explain import Explainer, ExplainSettings
 from engine.report import print_result
-from engine.resident import SiteState, Workbench, load_workbench
-from engine.specs import TOY_SHORTCUT_DIR, ModelSpec, SAESpec
-from engine.toyworld import captions, train_clip, train_sae, train_shortcut
+from engine.resident import SiteState, Workbench, load_workbench, resident_sae
+from engine.specs import TOY_SHORTCUT_DIR, TOY_VLM_DIR, ModelSpec, SAESpec, VLMSpec
+from engine.toyworld import captions, train_clip, train_sae, train_shortcut, train_vlm
 from engine.toyworld.render import FACTORS, IMAGE_SIZE, Scene, render, render_batch, sample_scenes
+from engine.vlm import resident_vlm
 
 log = logging.getLogger(__name__)
 
 LABEL_SEED, SCENE_SEED, ZERO_SHOT_SEED, RANDOM_ORDER_SEED = 90_001, 90_002, 90_003, 90_004
 DELETION_CAP = 100
 VOCABULARY_MIN_AUROC = 0.75
+EXPLAIN_MIN_AUROC = 0.9
 FAITHFULNESS_K = 20
 
 
@@ -229,6 +239,36 @@ def evaluate_diff(workbench: Workbench, info: dict) -> dict:
     }
 
 
+def evaluate_explain(info: dict, device: str, settings: ExplainSettings = ExplainSettings()) -> dict:
+    """The Explain tab's scores on the toy LLaVA (see the module docstring)."""
+    vlm = resident_vlm(VLMSpec.toy(), device)
+    explainer = Explainer(vlm, resident_sae(SAESpec.toy(), device), None)
+    latents = [i for i, s in enumerate(info["scores"]) if s >= EXPLAIN_MIN_AUROC and info["labels"][i] != "inactive"]
+    start = time.time()
+    done = [explainer.explain(i, settings) for i in latents]
+    seconds = (time.time() - start) / max(len(done), 1)
+    score = explain.score_explanations(done, info["labels"])
+    factors = sorted({info["labels"][i].partition("=")[0] for i in latents})
+    return {
+        "explanation_accuracy": round(score.accuracy, 4),
+        "explanation_control_false_rate": round(score.control_false_rate, 4),
+        "vlm_caption_exact_match": train_vlm.caption_exact_match(vlm.model, vlm.processor, 200),
+        "explain_details": {
+            "latents": len(latents),
+            "settings": asdict(settings.resolved()),
+            "seconds_per_explanation": round(seconds, 3),
+            "accuracy_by_factor": {
+                f: round(
+                    float(np.mean([n for i, n in zip(latents, score.named) if info["labels"][i].startswith(f)])), 4
+                )
+                for f in factors
+            },
+            "unsteered_says_nothing": round(float(np.mean([e.unsteered == "nothing" for e in done])), 4),
+            "examples": [(e.latent, info["labels"][e.latent], e.steered, e.random, e.permuted) for e in done[:8]],
+        },
+    }
+
+
 def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, n_zero_shot: int = 1000) -> dict:
     start = time.time()
     tokens = train_clip.CaptionTokens(workbench.backend.model.context_length)
@@ -272,6 +312,7 @@ def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 20
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
         "vocabulary_label_accuracy": naming["accuracy"],
         **(evaluate_diff(workbench, info) if TOY_SHORTCUT_DIR.is_dir() else {}),
+        **(evaluate_explain(info, str(workbench.device)) if TOY_VLM_DIR.is_dir() else {}),
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),

@@ -249,6 +249,32 @@ def make_dictionary_learning() -> None:
         )
 
 
+def make_sae_for_vlm() -> None:
+    """sae-for-vlm (Pach et al. 2025) ships dictionary_learning's MatryoshkaBatchTopKSAE as a bare state dict
+    saved at a training step (``ae_100000.pt``), without config.json."""
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
+
+    seed = 30
+    ae = MatryoshkaBatchTopKSAE(D_IN, D_SAE, K, group_sizes=[D_SAE // 4, D_SAE - D_SAE // 4])
+    randomize(ae, seed)
+    with torch.no_grad():
+        ae.threshold.fill_(0.3)
+    directory = fresh(ROOT / "dictionary_learning" / "matryoshka_sae_for_vlm")
+    torch.save({k: v.cpu() for k, v in ae.state_dict().items()}, directory / "ae_100000.pt")
+    x = inputs(seed)
+    with torch.no_grad():
+        f = ae.encode(x)
+        x_hat = ae.decode(f)
+    write_expected(directory, x, f, x_hat)
+    write_provenance(
+        directory,
+        format="dictionary_learning",
+        written_by=f"dictionary-learning {version('dictionary-learning')}: MatryoshkaBatchTopKSAE state_dict saved "
+        "as ae_100000.pt with no config.json, as the sae-for-vlm checkpoints (hub mateuszpach/sae-for-vlm) are",
+        expected_by="MatryoshkaBatchTopKSAE.encode(x) (threshold at inference), decode(f)",
+    )
+
+
 # ------------------------------------------------------------------------------------------ overcomplete
 def make_overcomplete() -> None:
     from overcomplete.sae import SAE, JumpSAE, TopKSAE
@@ -441,7 +467,7 @@ def make_sparsify() -> None:
 MAKERS = {
     "saelens": (make_saelens,),
     "saev": (make_saev, make_saev_schema2),
-    "dictionary_learning": (make_dictionary_learning,),
+    "dictionary_learning": (make_dictionary_learning, make_sae_for_vlm),
     "overcomplete": (make_overcomplete,),
     "vit_prisma": (make_vit_prisma,),
     "patchsae": (make_patchsae,),

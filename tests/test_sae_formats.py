@@ -27,6 +27,12 @@ CASES = [
     ("dictionary_learning/topk", "dictionary_learning", {}, "blocks.4.resid_post"),
     ("dictionary_learning/batch_topk", "dictionary_learning", {}, "blocks.4.resid_post"),
     ("dictionary_learning/jumprelu", "dictionary_learning", {}, "blocks.4.resid_post"),
+    (
+        "dictionary_learning/matryoshka_sae_for_vlm",
+        "dictionary_learning",
+        {"site": "blocks.22.resid_post"},
+        "blocks.22.resid_post",
+    ),
     ("overcomplete/topk", "overcomplete", {"k": 4, "site": "blocks.1.resid_post"}, "blocks.1.resid_post"),
     (
         "overcomplete/relu",

@@ -17,6 +17,12 @@ The classes store and encode differently:
 - ``JumpReluAutoEncoder``: ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and a per-latent ``threshold``;
   ``apply_b_dec_to_input`` is False unless set by hand.
 
+sae-for-vlm (Pach et al. 2025, hub ``mateuszpach/sae-for-vlm``) ships ``MatryoshkaBatchTopKSAE`` checkpoints as a
+bare state dict named by training step (``ae_100000.pt``) with no ``config.json``: ``W_enc [d_in, d_sae]``,
+``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec`` and the buffers ``k``, ``threshold`` (a scalar) and ``group_sizes``
+(the Matryoshka prefix sizes, which only training uses). ``group_sizes`` names the class; the site is not
+recorded (LLaVA-1.5's SAE sits at CLIP layer 22: ``site="blocks.22.resid_post"``).
+
 Pitfall: without ``config.json`` the class cannot always be told from the state dict (``AutoEncoderTopK``
 and ``BatchTopKSAE`` hold the same tensor names and encode differently): that case is an error, not a guess.
 
@@ -58,10 +64,18 @@ CLASSES = (
 LINEAR_KEYS = frozenset({"bias", "encoder.weight", "decoder.weight"})  # AutoEncoder's nn.Linear layout
 
 
+MATRYOSHKA_KEYS = frozenset({"W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"})
+
+
 def recognise(found: Found) -> bool:
     if not found.is_torch:
         return False
-    return found.path.name == "ae.pt" or LINEAR_KEYS <= found.keys or {"k", "threshold", "encoder.weight"} <= found.keys
+    return (
+        found.path.name == "ae.pt"
+        or LINEAR_KEYS <= found.keys
+        or {"k", "threshold", "encoder.weight"} <= found.keys
+        or MATRYOSHKA_KEYS <= found.keys
+    )
 
 
 def _dictionary_class(state: dict, config: dict | None, path: Path) -> str:
@@ -69,6 +83,8 @@ def _dictionary_class(state: dict, config: dict | None, path: Path) -> str:
         return (config.get("trainer") or {}).get("dict_class", "")
     if LINEAR_KEYS <= state.keys():
         return "AutoEncoder"
+    if MATRYOSHKA_KEYS <= state.keys():  # sae-for-vlm's bare checkpoints
+        return "MatryoshkaBatchTopKSAE"
     if {"W_enc", "threshold"} <= state.keys() and state["threshold"].ndim == 1:
         return "JumpReluAutoEncoder"
     raise SAEFormatError(
@@ -115,7 +131,7 @@ def read(found: Found, hints: Hints) -> Parts:
     layer, submodule = trainer.get("layer"), trainer.get("submodule_name") or ""
     parts.source_site = submodule or (f"layer {layer}" if layer is not None else "")
     if config is None:
-        parts.site_unknown_because = "ae.pt has no config.json beside it"
+        parts.site_unknown_because = f"{path.name} has no config.json beside it"
     elif submodule and "resid" not in submodule and resid_site(submodule) is None:
         parts.site_unknown_because = f"its submodule {submodule!r} is not the residual stream"
     else:
