@@ -40,6 +40,10 @@ among the factor's values, the other words of the caption fixed to the truth. Th
   caption grammar words it), ``explanation_control_false_rate`` (share of the random-direction and
   permuted-latent controls that name it; a permuted latent with the same label is not counted),
   ``vlm_caption_exact_match`` (held-out scenes whose generated caption is exactly the true one);
+* ``index_top1_concept_match``: for latents with a ground-truth label (AUROC >= 0.75, as below), the share whose
+  top-16 images in the feature index (engine.index; the shipped toy index, 4096 scenes of a seed of its own, or one
+  built on the spot when it does not fit the SAE) all show the label's factor value; the details give the mean
+  share of matching images and the match at stricter AUROC floors;
 * ``vocabulary_label_accuracy``: for latents with a ground-truth label (AUROC >= 0.75), how often the naming
   used for real models (engine.vocabulary: no ground truth, only the text tower) picks the true factor value
   among all 21 values; chance is 1/21.
@@ -57,7 +61,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from engine import attribution, diff, explain, heldout, patching, vocabulary
+from engine import attribution, diff, explain, heldout, index, patching, vocabulary
 from engine.edits import NO_EDIT, Edit, edited_acts, edited_logits
 from engine.explain import Explainer, ExplainSettings
 from engine.report import print_result
@@ -121,6 +125,44 @@ def vocabulary_naming(workbench: Workbench, info: dict, min_auroc: float = VOCAB
         "factor_accuracy": round(float(np.mean(same_factor)), 4),
         "chance": round(1 / len(concepts), 4),
         "latents": len(latents),
+    }
+
+
+INDEX_TOP = 16
+
+
+def index_concept_match(workbench: Workbench, info: dict, min_auroc: float = VOCABULARY_MIN_AUROC) -> dict:
+    """Do a latent's top-activating images in the feature index show its ground-truth concept?"""
+    found = index.find_index(workbench)
+    where = "shipped"
+    if found is None:
+        source = index.parse_source(index.TOY_INDEX_DATASET)
+        state, _ = index.build_index(workbench, source, top_n=INDEX_TOP, model_text="toy")
+        top_images_SN, where = state.top_images_SN, "built"
+    else:
+        source, top_images_SN = found.source(), found.state.top_images_SN
+    rows = []
+    for latent, (label, score) in enumerate(zip(info["labels"], info["scores"])):
+        if label == "inactive" or score < min_auroc:
+            continue
+        factor, value = label.split("=")
+        images = [i for i in top_images_SN[latent, :INDEX_TOP].tolist() if i >= 0]
+        shows = [getattr(source.scene(i), factor) == value for i in images]
+        rows.append((score, factor, len(images) == INDEX_TOP and all(shows), float(np.mean(shows)) if shows else 0.0))
+    return {
+        "match": round(float(np.mean([r[2] for r in rows])), 4),
+        "latents": len(rows),
+        "mean_share_of_images": round(float(np.mean([r[3] for r in rows])), 4),
+        "by_factor": {
+            f: round(float(np.mean([r[2] for r in rows if r[1] == f])), 4) for f in sorted({r[1] for r in rows})
+        },
+        "by_auroc_floor": {
+            floor: round(float(np.mean([r[2] for r in rows if r[0] >= floor])), 4)
+            for floor in (0.85, 0.9, 0.95)
+            if any(r[0] >= floor for r in rows)
+        },
+        "index": where,
+        "dataset": source.describe(),
     }
 
 
@@ -276,6 +318,7 @@ def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 20
     info, explained = latent_labels(workbench, n_label_images)
     labels_S, concept_auroc = info["labels"], info["concept_auroc"]
     naming = vocabulary_naming(workbench, info)
+    concept_match = index_concept_match(workbench, info)
     log.info("labelled latents in %.0fs", time.time() - start)
 
     rng = np.random.default_rng(RANDOM_ORDER_SEED)
@@ -311,12 +354,14 @@ def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 20
         "steering_flip_rate": round(float(np.mean([p["flip_top1"] for p in pairs])), 4),
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
         "vocabulary_label_accuracy": naming["accuracy"],
+        "index_top1_concept_match": concept_match["match"],
         **(evaluate_diff(workbench, info) if TOY_SHORTCUT_DIR.is_dir() else {}),
         **(evaluate_explain(info, str(workbench.device)) if TOY_VLM_DIR.is_dir() else {}),
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),
             "vocabulary_naming": naming,
+            "index_concept_match": concept_match,
             "pairs_scored_for_hits": len(scored),
             "pairs_flipped_within_cap": len(flipped),
             "task_accuracy_on_pairs": round(float(np.mean([p["correct"] for p in pairs])), 4),
