@@ -25,7 +25,11 @@ prefix like a user's first request does, unless the figure is about the cache.
   (``naive_extrapolated``: true);
 * ``explain`` (when the toy LLaVA is built): seconds per explanation on the toy VLM (the steered generation and
   its three controls, uncached), ours (one batched ``generate`` of four rows, each with its own edit in one
-  hook) against four ``generate`` calls with a hook each (``speedup``).
+  hook) against four ``generate`` calls with a hook each (``speedup``);
+* ``sae_train_tokens_per_s``: engine.train_sae's training loop end to end (images read, the model's prefix, the
+  SAE's forward, backward and Adam step) on ViT-B/32 (random weights, 24,576 latents, k = 32, noise images) and
+  on the toy model (its SAE's size, rendered scenes); ``index_images_per_s``: engine.index's build, the same way.
+  ``python -m engine.bench --only dataset_scale`` measures these two alone.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import attribution, patching, steering
+from engine import attribution, index, patching, steering, train_sae
+from engine.errors import UnknownChoiceError
+from engine.image_sources import ImageSource, ToyImages
 from engine.report import print_result
 from engine.resident import Workbench, load_workbench
 from engine.sae import SAE, SAEConfig
@@ -54,6 +60,7 @@ from engine.sources import AllowedDirs
 from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
+PARTS = ("all", "dataset_scale")
 STRENGTHS = np.linspace(-1, 3, 16).tolist()
 LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
 
@@ -332,10 +339,94 @@ def explain_speed(device: torch.device, repeats: int) -> dict:
     }
 
 
-def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = True, dtype: str = "float32") -> dict:
+class NoiseImages(ImageSource):
+    """``n`` random images, image ``i`` always the same: a dataset for speed figures without any file."""
+
+    def __init__(self, n: int, size: int, seed: int = 0):
+        self.n, self.size, self.seed = n, size, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, i: int) -> Image.Image:
+        pixels = np.random.default_rng([self.seed, i]).integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+        return Image.fromarray(pixels)
+
+    def describe(self) -> str:
+        return f"noise:{self.n}x{self.size}px"
+
+
+def sae_training_speed(backend, source: ImageSource, config: train_sae.TrainConfig) -> dict:
+    """Tokens per second through ``config.steps`` training steps (reading and preprocessing the images, the model's
+    prefix, the SAE's forward, backward and Adam step), after one warm-up step."""
+    trainer = train_sae.Trainer(backend, source, config)
+    trainer.calibrate()
+    trainer.prepare()
+    trainer.train_step()
+    tokens, start = trainer.tokens_seen, time.perf_counter()
+    for _ in range(config.steps - 1):
+        trainer.train_step()
+    seconds = time.perf_counter() - start
+    return {
+        "tokens_per_s": round((trainer.tokens_seen - tokens) / seconds, 1),
+        "tokens_per_step": (trainer.tokens_seen - tokens) // (config.steps - 1),
+        "d_sae": trainer.sae.config.d_sae,
+    }
+
+
+def index_speed(workbench: Workbench, source: ImageSource, batch_images: int) -> float:
+    """Images per second through engine.index (reading, the prefix, the SAE encode, the accumulation), after a
+    warm-up batch."""
+    index.build_index(workbench, NoiseImages(batch_images, source.load(0).size[0], seed=99), batch_images=batch_images)
+    start = time.perf_counter()
+    index.build_index(workbench, source, batch_images=batch_images)
+    return round(len(source) / (time.perf_counter() - start), 1)
+
+
+def dataset_scale(vit: Workbench, toy: Workbench) -> dict:
+    """``sae_train_tokens_per_s`` and ``index_images_per_s`` on ViT-B/32 (random weights, 24,576 latents, k = 32,
+    at blocks.10.resid_post, 224 px noise images) and on the toy model (its SAE's recipe: 384 latents, k = 32,
+    rendered scenes)."""
+    on_gpu = vit.device.type == "cuda"
+    vit_config = train_sae.TrainConfig(
+        vit.site, expansion=32, k=32, steps=6 if on_gpu else 3, images_per_step=64 if on_gpu else 8,
+        eval_images=0, calibration_images=8,
+    )  # fmt: skip
+    toy_config = train_sae.TrainConfig(toy.site, expansion=4, k=32, steps=11, images_per_step=64, eval_images=0)
+    vit_training = sae_training_speed(vit.backend, NoiseImages(1024, 224), vit_config)
+    toy_training = sae_training_speed(toy.backend, ToyImages(2048, 41_001), toy_config)
+    return {
+        "vit_b32": {
+            "sae_train_tokens_per_s": vit_training.pop("tokens_per_s"),
+            "sae_train": vit_training,
+            "index_images_per_s": index_speed(
+                vit, NoiseImages(256 if on_gpu else 32, 224, seed=1), 64 if on_gpu else 16
+            ),
+        },
+        "toy": {
+            "sae_train_tokens_per_s": toy_training.pop("tokens_per_s"),
+            "sae_train": toy_training,
+            "index_images_per_s": index_speed(toy, ToyImages(1024, 41_002), 64),
+        },
+    }
+
+
+def run(
+    repeats: int = 7,
+    n_memory_images: int = 200,
+    with_cold_start: bool = True,
+    dtype: str = "float32",
+    only: str = "all",
+) -> dict:
     torch.set_grad_enabled(True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result: dict = {"device": str(device), "dtype": dtype, "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    if only not in PARTS:
+        raise UnknownChoiceError("part", only, PARTS)
+    if only == "dataset_scale":
+        with tempfile.TemporaryDirectory() as tmp:
+            toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
+            return {**result, **dataset_scale(vit_b32_workbench(Path(tmp), device, dtype), toy)}
     with tempfile.TemporaryDirectory() as tmp:
         workbench = vit_b32_workbench(Path(tmp), device, dtype)
         images, latent = Images(224), 7
@@ -345,10 +436,13 @@ def run(repeats: int = 7, n_memory_images: int = 200, with_cold_start: bool = Tr
         result["rss_mb_by_quarter"] = marks
         result["cache_mb_budget"] = workbench.cache_bytes // 2**20
         result["patching_sweep"] = patching_sweep(workbench, images, NAIVE_PATCH_SAMPLE)
+        toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
+        scale = dataset_scale(workbench, toy)
+        result.update(scale["vit_b32"])
         del workbench
-    toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
     result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, repeats)
     result["toy"]["patching_sweep"] = patching_sweep(toy, Images(48, seed=2))
+    result["toy"].update(scale["toy"])
     if TOY_VLM_DIR.is_dir():
         result["explain"] = explain_speed(device, repeats)
     if with_cold_start:
@@ -362,9 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--images", type=int, default=200, help="distinct images for the memory figure")
     parser.add_argument("--dtype", default="float32", help="model and SAE precision (bfloat16/float16 on a GPU)")
+    parser.add_argument("--only", default="all", choices=PARTS, help="all figures, or the dataset-scale ones alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    result = run(args.repeats, args.images, dtype=args.dtype)
+    result = run(args.repeats, args.images, dtype=args.dtype, only=args.only)
     print_result(result, args.json, width=32)
 
 
