@@ -132,3 +132,17 @@ def test_card_exports_escape_text_and_are_valid_json(workbench):
         and len(loaded["examples"]) == 2
         and loaded["examples"][0]["thumbnail"].startswith("data:")
     )
+
+
+def test_export_command_writes_html_and_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for suffix in (".html", ".json"):
+        out = tmp_path / f"cards{suffix}"
+        index.main(["export", "--index", "assets/toy_index", "--latents", "3,10", "--examples", "4", "--out", str(out)])
+        text = out.read_text()
+        if suffix == ".html":
+            assert text.count('<section class="card"') == 2 and text.count("data:image/png;base64,") == 8
+        else:
+            assert [card["latent"] for card in json.loads(text)["cards"]] == [3, 10]
+    with pytest.raises(ValueError, match="within 0 .. 383"):
+        index.main(["export", "--index", "assets/toy_index", "--latents", "3,999", "--out", str(tmp_path / "x.html")])
