@@ -15,8 +15,8 @@ unexplained. Sparsity comes from one of:
 * ``batchtopk`` (Bussmann et al. 2024): keep the ``k * tokens`` largest pre-activations over the whole batch,
   so a token may use more or fewer than k. It is saved as a TopK SAE with the same k (what the paper does at
   inference without a threshold). Under several processes each selects within its own share of the batch.
-* ``relu`` with an L1 penalty on ``f_i * |W_dec[i]|`` (Bricken et al. 2023): the classic recipe; L0 follows
-  from ``l1_coefficient``.
+* ``relu`` with an L1 penalty on ``f_i * |W_dec[i]|`` (Bricken et al. 2023), divided by the data's standard
+  deviation so that ``l1_coefficient`` means the same at any scale: the classic recipe; L0 follows from it.
 
 **Dead latents.** A latent that has not fired for ``dead_after_tokens`` tokens is dead. TopK and BatchTopK add
 the AuxK loss (Gao et al.): the ``aux_k`` dead latents with the largest pre-activations reconstruct the main
@@ -37,7 +37,8 @@ seeded sample of ``tokens_per_image``). Unreadable files are skipped and counted
 **Several processes** (``accelerate launch``; accelerate.Accelerator). Step s's images are split between the
 processes (process r takes every world-th one), gradients are averaged (DDP), and the per-latent firing counts
 and the normalisation statistics are summed over processes: with equal token counts per process the update is
-the single-process update up to floating-point order, which a test checks.
+the single-process update up to floating-point order, which a test checks (not with ``tokens_per_image``,
+which samples per process, nor with unreadable files, which leave the processes unequal token counts).
 
 **Checkpoints.** Every ``checkpoint_every`` steps, ``OUT/checkpoints/step_N/`` holds the SAE in the native
 format (usable as it is) and ``trainer_state.safetensors`` (raw parameters, Adam moments, firing counters,
@@ -285,13 +286,14 @@ class Trainer:
 
     def tokens(self, positions: list[int], step: int | None = None) -> torch.Tensor:
         """This process's share of ``positions`` as SAE inputs (normalised); unreadable files are remembered."""
-        x_ND, unreadable = site_tokens(
-            self.backend, self.source, self.my_share(positions), self.config.site, self.device
-        )
+        mine = self.my_share(positions)
+        x_ND, unreadable = site_tokens(self.backend, self.source, mine, self.config.site, self.device)
         self.unreadable.update(unreadable)
         if self.config.tokens_per_image and step is not None and len(x_ND):
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-            keep = torch.randperm(len(x_ND), generator=generator)[: self.config.tokens_per_image * len(positions)]
+            # a seeded sample per step and process (so a run with several processes samples other tokens)
+            seed = (self.config.seed * 1_000_003 + step) * 1_009 + self.accelerator.process_index
+            keep = torch.randperm(len(x_ND), generator=torch.Generator().manual_seed(seed))
+            keep = keep[: self.config.tokens_per_image * (len(mine) - len(unreadable))]
             x_ND = x_ND[keep.to(x_ND.device)]
         return self.sae.normalize(x_ND * self.input_scale)
 

@@ -124,3 +124,11 @@ def test_batch_topk_keeps_k_per_token_on_average():
     f_BS = train_sae.batch_topk(pre_BS, 3)
     assert int((f_BS != 0).sum()) == 15  # k * B over the batch, however they fall on the tokens
     assert torch.equal(f_BS[f_BS != 0].sort().values, pre_BS.flatten().topk(15).values.relu().sort().values)
+
+
+def test_tokens_per_image_samples_that_many(backend):
+    trainer = train_sae.Trainer(backend, ToyImages(40, 8), train_sae.TrainConfig(**{**TINY, "tokens_per_image": 5}))
+    x_ND = trainer.tokens(train_sae.step_images(trainer.train_positions, 0, trainer.config), step=0)
+    assert x_ND.shape == (5 * 8, 96)
+    again = trainer.tokens(train_sae.step_images(trainer.train_positions, 0, trainer.config), step=0)
+    assert torch.equal(x_ND, again)  # seeded by the step
