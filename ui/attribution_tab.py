@@ -175,8 +175,10 @@ def build(
     labels: gr.Textbox,
     template: gr.Textbox,
     selected_latent: gr.Textbox,
+    parts: dict | None = None,
 ):
-    """The tab's components and events; returns ``refresh(event, settings_state)`` for the Explain tab."""
+    """The tab's components and events; returns ``refresh(event, settings_state)`` for the Explain tab. ``parts``
+    receives the controls a recipe reads and fills (ui/recipe_panel.py)."""
     with gr.Row():
         target = gr.Textbox(
             label="Target label (blank: the predicted one)",
@@ -274,4 +276,6 @@ def build(
     selected_latent.change(
         user_errors(heatmap), [image, selected_latent, template, model], [heat, heat_caption], api_name="heatmap"
     )
+    if parts is not None:
+        parts.update(target=target, metric=metric, top_k=top_k)
     return refresh

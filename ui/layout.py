@@ -10,7 +10,7 @@ from engine.heldout import Heldout
 from engine.registry import TOY_EXAMPLES_DIR, Preset, default_labels, label_set, label_set_names
 from engine.resident import Workbench
 from engine.specs import PHOTOS_DIR, ModelSpec
-from ui import attribution_tab, diff_tab, explain_tab, glossary, steering_tab
+from ui import attribution_tab, diff_tab, explain_tab, glossary, recipe_panel, steering_tab
 from ui.common import (
     AppContext,
     ImageInput,
@@ -114,18 +114,38 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     max_lines=1,
                     info=f"A latent is {glossary.explain('latent')}.",
                 )
-        with gr.Tabs():
-            with gr.Tab("Attribution"):
-                refresh_attribution = attribution_tab.build(ctx, model, image, labels, template, selected_latent)
-            with gr.Tab("Steering"):
-                steering_tab.build(ctx, model, image, labels, template, selected_latent)
-            with gr.Tab("Explain"):
+        tab = gr.Textbox("attribution", visible=False)  # the open tab, for recipes (a client reads and sets it)
+        parts: dict = {}
+        with gr.Tabs() as tabs:
+            with gr.Tab("Attribution", id="attribution") as attribution_page:
+                refresh_attribution = attribution_tab.build(ctx, model, image, labels, template, selected_latent, parts)
+            with gr.Tab("Steering", id="steering") as steering_page:
+                steering_tab.build(ctx, model, image, labels, template, selected_latent, parts)
+            with gr.Tab("Explain", id="explain") as explain_page:
                 explain_context = ctx.explain or explain_tab.ExplainContext({}, lambda chosen: None)
                 explain_tab.build(
                     ctx, explain_context, model, image, labels, template, selected_latent, refresh_attribution
                 )
-            with gr.Tab("Diff"):
+            with gr.Tab("Diff", id="diff") as diff_page:
                 diff_tab.build(ctx, image, labels, template)
+        for page, name in ((attribution_page, "attribution"), (steering_page, "steering"), (explain_page, "explain"),
+                           (diff_page, "diff")):  # fmt: skip
+            page.select(lambda name=name: name, None, tab, api_name=False)
+        recipe_panel.build(
+            ctx,
+            recipe_panel.Parts(
+                model=model,
+                model_info=model_info,
+                image=image,
+                labels=labels,
+                template=template,
+                tabs=tabs,
+                tab=tab,
+                **parts,
+            ),  # fmt: skip
+            loaded,
+            app,
+        )
 
         def switch(name, current):
             chosen = ctx.choices.get(name)

@@ -140,6 +140,7 @@ def build(
     labels: gr.Textbox,
     template: gr.Textbox,
     selected_latent: gr.Textbox,
+    parts: dict | None = None,
 ) -> None:
     with gr.Row():
         latents = gr.Textbox(
@@ -247,3 +248,6 @@ def build(
         [latents, sweep_latent],
         api_name=False,
     )
+    if parts is not None:  # the controls a recipe reads and fills (ui/recipe_panel.py)
+        parts.update(latents=latents, strengths=strengths, mode=mode, patches=patches, sweep_latent=sweep_latent,
+                     s_min=s_min, s_max=s_max, n_points=n_points)  # fmt: skip
