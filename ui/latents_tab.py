@@ -91,15 +91,18 @@ def card_outputs(card: cards.LatentCard) -> tuple[list, str, pd.DataFrame]:
     return gallery, summary, histogram
 
 
-def latent_card(ctx: ModelContext, latent, template=None):
-    """Handler behind `latent_card`: thumbnails with the latent's heatmap, its statistics, its histogram."""
+def latent_card(ctx: ModelContext, latent, template=None, allowed=None):
+    """Handler behind `latent_card`: thumbnails with the latent's heatmap, its statistics, its histogram. A folder
+    dataset's images are read only from ``allowed`` directories."""
     workbench = ctx.workbench
     number = parse_latent(latent, workbench)
-    card = cards.latent_card(workbench, feature_index(ctx), number, template or None, concepts=ctx.concepts())
+    card = cards.latent_card(
+        workbench, feature_index(ctx), number, template or None, allowed=allowed, concepts=ctx.concepts()
+    )
     return card_outputs(card)
 
 
-def export_cards(ctx: ModelContext, latents_text, latent, kind, template=None) -> str:
+def export_cards(ctx: ModelContext, latents_text, latent, kind, template=None, allowed=None) -> str:
     """Handler behind `export_cards`: the cards of the listed latents (or the selected one) as HTML or JSON."""
     workbench = ctx.workbench
     latents = parse_int_list(latents_text, "latent ids") or [parse_latent(latent, workbench)]
@@ -107,7 +110,9 @@ def export_cards(ctx: ModelContext, latents_text, latent, kind, template=None) -
         raise ValueError(f"export at most {MAX_EXPORT} latents at a time; got {len(latents)}")
     found = feature_index(ctx)
     built = [
-        cards.latent_card(workbench, found, workbench.check_latent(i), template or None, concepts=ctx.concepts())
+        cards.latent_card(
+            workbench, found, workbench.check_latent(i), template or None, allowed=allowed, concepts=ctx.concepts()
+        )
         for i in latents
     ]
     if kind == "json":
@@ -146,17 +151,17 @@ def build(app: AppContext, model: gr.Dropdown, template: gr.Textbox, selected_la
         return browse_latents(app.model(model_name), query_text, order, page_value, template_text)
 
     def card(latent, template_text, model_name):
-        return latent_card(app.model(model_name), latent, template_text)
+        return latent_card(app.model(model_name), latent, template_text, app.allowed)
 
     def card_if_any(latent, template_text, model_name):
         """A card for a selection from elsewhere; nothing (and no error) when the SAE has no index."""
         ctx = app.model(model_name)
         if not str(latent or "").strip() or index.find_index(ctx.workbench) is None:
             return [], "", cards_empty()
-        return latent_card(ctx, latent, template_text)
+        return latent_card(ctx, latent, template_text, app.allowed)
 
     def export_files(latents_text, latent, kind_value, template_text, model_name):
-        return export_cards(app.model(model_name), latents_text, latent, kind_value, template_text)
+        return export_cards(app.model(model_name), latents_text, latent, kind_value, template_text, app.allowed)
 
     def pick(frame, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
