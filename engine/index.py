@@ -501,6 +501,7 @@ def run_build(args: argparse.Namespace, command: str) -> None:
     accelerator = Accelerator(cpu=args.device == "cpu")
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    torch.manual_seed(0)  # a model with random weights (open_clip:NAME@random) is then one model on every process
     workbench = cli_workbench(args.model, args.sae, args.device or str(accelerator.device), args.dtype)
     _, manifest = build_index(
         workbench,

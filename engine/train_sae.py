@@ -562,6 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(cpu=device is not None and device.type == "cpu")
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)  # one process reports
+    torch.manual_seed(config.seed)  # a model with random weights (open_clip:NAME@random) is then one model everywhere
     backend = load_backend(spec, device or accelerator.device)
     command = "python -m engine.train_sae " + shlex.join(sys.argv[1:] if argv is None else argv)
     manifest = train(
