@@ -32,11 +32,16 @@ ForwardHook = Callable[[torch.nn.Module, tuple, object], object]
 
 @contextmanager
 def attached(hooks: Iterable[tuple[torch.nn.Module, ForwardHook]]) -> Iterator[None]:
-    """Register forward hooks ``(module, fn)`` for the duration of the block; ``fn`` may return a new output."""
+    """Register forward hooks ``(module, fn)`` for the duration of the block; ``fn`` may return a new output.
+
+    Ours run before any hook the library put on the module itself (``prepend``, in the order given): transformers 5
+    records ``hidden_states`` with its own forward hooks on each layer, so an edit that ran after them would
+    change what the next layer reads but not the recorded hidden states, which is what LLaVA reads
+    (``vision_feature_layer``)."""
     handles = []
     try:
-        for module, fn in hooks:
-            handles.append(module.register_forward_hook(fn))
+        for module, fn in reversed(list(hooks)):
+            handles.append(module.register_forward_hook(fn, prepend=True))
         yield
     finally:
         for handle in handles:

@@ -22,7 +22,7 @@ from engine.explain import (
 )
 from engine.registry import ExplainPreset
 from engine.resident import ResidentSAE
-from ui import readings
+from ui import glossary, readings
 from ui.common import (
     AppContext,
     clear_on_failure,
@@ -154,6 +154,10 @@ def build(
         gr.Markdown("No vision-language model is offered by this server.")
         return
     gr.Markdown(HOW)
+    gr.Markdown(
+        f"*Vision-language model*: {glossary.explain('vision-language model')}. *Explanation*: "
+        f"{glossary.explain('explanation')}. *Controls*: {glossary.explain('control')}."
+    )
     with gr.Row():
         pair = gr.Dropdown(
             list(ectx.pairs), value=next(iter(ectx.pairs)), label="Vision-language model and SAE", scale=2
@@ -163,7 +167,7 @@ def build(
         style = gr.Radio(STYLE_CHOICES, value="add", label="Method", scale=2)
         coefficient = gr.Textbox(
             label="Coefficient", value=str(DEFAULT_COEFFICIENT["add"]), max_lines=1, scale=1,
-            info="In units of the latent's typical activation (1 = as strong as it usually appears).",
+            info=f"Coefficient: {glossary.explain('coefficient')}.",
         )  # fmt: skip
         neutral = gr.Radio(list(NEUTRALS), value="white", label="Neutral image", scale=1)
     with gr.Accordion("Prompt and decoding", open=False):

@@ -41,6 +41,18 @@ GLOSSARY: dict[str, str] = {
     "strength": "scale mode: the factor a concept is multiplied by (1 = unchanged, 0 = removed); add mode: how much "
     "of the concept is added, in units of its usual strength (0 = unchanged)",
     "ripple effects": "what the same edit does on other images the model has not been shown here",
+    "vision-language model": (
+        "a model that looks at an image and writes text about it (here it is asked what a concept looks like)"
+    ),
+    "explanation": (
+        "what the vision-language model says when only this concept is pushed into a blank image: a name for the "
+        "concept that comes from what it does, not from the images it fires on"
+    ),
+    "control": (
+        "the same question asked without the concept, with a random push of the same size, and with another "
+        "concept's push; an explanation is trustworthy when it differs from all of them"
+    ),
+    "coefficient": "how hard the concept is pushed into the blank image, in units of its usual strength",
 }
 
 

@@ -24,6 +24,12 @@ toy and the real VLMs run one code path (processor, chat template, ``generate``,
   "What is the highlighted element in the image?" answered after the prefix "The highlighted element in the
   image is a" (Ferrando et al. 2026), so both explanation styles meet a prompt the model has seen.
 
+* **Feature mixup**: half of the scenes are shown faded into a neutral image (the tower's features
+  ``(1 - lam) * neutral + lam * scene``, ``lam`` uniform in [0.1, 1]) with the scene's caption. Without it the
+  language model learnt a sharp rule (anything near a neutral image is ``nothing``) and no steered direction,
+  however strong, changed its answer: explanation accuracy 0 at every coefficient from 1 to 16. A real VLM's
+  language model answers in proportion to the evidence; the mixup teaches the toy one the same.
+
 Only the projector and the language model are trained (cross-entropy on the answer tokens), on image
 features computed once by the frozen tower. Held-out exact match of the caption is the manifest's
 ``vlm_caption_exact_match``, measured through ``processor`` + ``generate`` like any user request.
@@ -91,6 +97,8 @@ class ToyVLMConfig:
     batch_size: int = 32
     lr: float = 3e-3
     heldout_scenes: int = 200
+    mix_share: float = 0.5
+    mix_min: float = 0.1
     seed: int = 0
 
 
@@ -312,7 +320,15 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
             labels_BL[b, n : len(row)] = torch.tensor(row[n:])
             mask_BL[b, : len(row)] = 1
         ids_BL, labels_BL, mask_BL = ids_BL.to(device), labels_BL.to(device), mask_BL.to(device)
-        image_BPH = model.model.multi_modal_projector(feats_NPD[torch.as_tensor(idx)].to(device))
+        feats_BPD = feats_NPD[torch.as_tensor(idx)]
+        # feature mixup: a scene faded into a neutral image (weight lam of the scene) keeps the scene's caption
+        mixed = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.mix_share)
+        if mixed.any():
+            neutral = torch.as_tensor(rng.integers(len(scenes), len(images), size=int(mixed.sum())))
+            lam = torch.as_tensor(rng.uniform(config.mix_min, 1.0, size=int(mixed.sum())), dtype=feats_BPD.dtype)
+            lam = lam[:, None, None]
+            feats_BPD[torch.as_tensor(mixed)] = (1 - lam) * feats_NPD[neutral] + lam * feats_BPD[torch.as_tensor(mixed)]
+        image_BPH = model.model.multi_modal_projector(feats_BPD.to(device))
         embeds_BLH = embed(ids_BL).masked_scatter((ids_BL == image_id)[..., None], image_BPH)
         hidden = model.model.language_model(inputs_embeds=embeds_BLH, attention_mask=mask_BL).last_hidden_state
         logits_BLV = model.lm_head(hidden[:, :-1])
