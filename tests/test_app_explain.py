@@ -82,11 +82,20 @@ def test_the_sweep_says_where_the_text_changes(client):
 
 def test_explaining_the_top_latents_fills_the_attribution_table(client, red_image):
     summary, table, _ = client.predict(
-        TOY_EXPLAIN.name, "toy", handle_file(red_image), ", ".join(SHAPES), "a {}", 3, *DEFAULTS, api_name="/explain_top"
+        TOY_EXPLAIN.name,
+        "toy",
+        handle_file(red_image),
+        ", ".join(SHAPES),
+        "a {}",
+        3,
+        *DEFAULTS,
+        api_name="/explain_top",
     )
     assert len(table["data"]) == 3 and "Explained the 3 latents" in summary
     explained = {row[0]: row[3] for row in table["data"]}
-    out = client.predict(handle_file(red_image), ", ".join(SHAPES), "a {}", "", "logit_difference", 3, "toy", api_name="/attribute")
+    out = client.predict(
+        handle_file(red_image), ", ".join(SHAPES), "a {}", "", "logit_difference", 3, "toy", api_name="/attribute"
+    )
     latents = out[1]
     assert latents["headers"][-1] == "explanation"
     assert {row[0]: row[-1] for row in latents["data"]} == explained
@@ -120,4 +129,6 @@ def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, pa
 
 def test_explaining_top_latents_of_another_sae_is_refused(client, red_image):
     with pytest.raises(Exception, match="is not the SAE of the model in use"):
-        client.predict(TINY, "toy", handle_file(red_image), ", ".join(SHAPES), "a {}", 2, *DEFAULTS, api_name="/explain_top")
+        client.predict(
+            TINY, "toy", handle_file(red_image), ", ".join(SHAPES), "a {}", 2, *DEFAULTS, api_name="/explain_top"
+        )
