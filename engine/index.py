@@ -88,9 +88,12 @@ def project_path(text: str) -> str:
 
 
 def sae_fingerprint(path: str | Path) -> str:
-    """sha256 over an SAE's weight files (a file, or the weight files of a directory, sorted by name)."""
+    """sha256 over an SAE's weight files (a file, or the weight files directly in a directory, sorted by name: not
+    those of sub-directories, such as a feature index or checkpoints kept beside the SAE)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.glob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    )
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode())

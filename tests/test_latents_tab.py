@@ -7,6 +7,7 @@ import pytest
 
 from engine import index
 from engine.bench import random_sae
+from engine.image_sources import ToyImages
 from engine.resident import load_workbench
 from engine.sources import AllowedDirs
 from engine.specs import ModelSpec, SAESpec
@@ -59,3 +60,8 @@ def test_an_sae_without_index_gets_the_command_that_builds_one(tmp_path):
     assert index.find_index(workbench) is None
     with pytest.raises(ValueError, match="python -m engine.index build"):
         latents_tab.latent_card(ModelContext(workbench), "3")
+    # built into feature_index/ beside the SAE, it is found (its files do not change the SAE's fingerprint)
+    index.build_index(workbench, ToyImages(12, 3), tmp_path / "feature_index", top_n=3)
+    assert index.find_index(workbench).directory == tmp_path / "feature_index"
+    gallery, summary, _ = latents_tab.latent_card(ModelContext(workbench), "5")
+    assert len(gallery) <= 3 and "latent 5" in summary
