@@ -10,7 +10,7 @@ from engine.heldout import Heldout
 from engine.registry import TOY_EXAMPLES_DIR, Preset, default_labels, label_set, label_set_names
 from engine.resident import Workbench
 from engine.specs import PHOTOS_DIR, ModelSpec
-from ui import attribution_tab, diff_tab, explain_tab, glossary, recipe_panel, steering_tab
+from ui import attribution_tab, diff_tab, explain_tab, glossary, latents_tab, recipe_panel, steering_tab
 from ui.common import (
     AppContext,
     ImageInput,
@@ -24,7 +24,7 @@ INTRO = """# Concept Steering Workbench
 Upload an image (or pick an example), give the labels to choose between, then see which sparse-autoencoder
 concepts drive the prediction (**Attribution**) and what happens when you suppress, amplify or add them
 (**Steering**), what a concept is in words, said by a vision-language model (**Explain**), or what changed between
-two checkpoints of a model (**Diff**)."""
+two checkpoints of a model (**Diff**); every latent through the images that activate it most (**Latents**)."""
 
 
 APP_CSS = """
@@ -128,6 +128,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 )
             with gr.Tab("Diff", id="diff") as diff_page:
                 diff_tab.build(ctx, image, labels, template)
+            with gr.Tab("Latents", id="latents"):  # not a recipe's tab: a recipe stays on the tab it was made on
+                latents_tab.build(ctx, model, template, selected_latent)
         for page, name in ((attribution_page, "attribution"), (steering_page, "steering"), (explain_page, "explain"),
                            (diff_page, "diff")):  # fmt: skip
             page.select(lambda name=name: name, None, tab, api_name=False)
