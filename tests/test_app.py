@@ -1,6 +1,7 @@
 """The app served on 127.0.0.1 and driven through gradio_client, as a user of the API would."""
 
 import html
+import json
 import math
 import socket
 from pathlib import Path
@@ -251,3 +252,25 @@ def test_the_analysis_exports_as_one_self_contained_html_file(client, image_file
     assert "The model says" in page and "Top latents" in page and "Faithfulness" in page
     assert "&lt;b&gt;dog&lt;/b&gt;" in page and "<b>dog</b>" not in page
     assert "http://" not in page and "https://" not in page and "/tmp/" not in page
+
+
+# The Latents tab (ui/latents_tab.py) on the toy model and its shipped feature index.
+
+
+def test_latent_card_endpoint(client, workbench):
+    gallery, summary, histogram = client.predict("3", "a {}", "toy", api_name="/latent_card")
+    assert len(gallery) == 16 and all(Path(item["image"]).is_file() for item in gallery)
+    assert workbench.latent_info.labels[3] in summary
+    assert sum(row[1] for row in histogram["data"]) > 0
+
+
+def test_latents_endpoint_pages_and_searches(client):
+    table, status, page = client.predict("marker", "frequency (most first)", 1, "a {}", "toy", api_name="/latents")
+    assert table["data"] and all("marker" in row[1] for row in table["data"]) and page == 1
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("", "no such order", 1, "a {}", "toy", api_name="/latents")
+
+
+def test_export_cards_endpoint(client):
+    path = client.predict("3,10", "", "json", "a {}", "toy", api_name="/export_cards")
+    assert [card["latent"] for card in json.loads(Path(path).read_text())["cards"]] == [3, 10]
