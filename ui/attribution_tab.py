@@ -203,7 +203,8 @@ def build(
         predictions_plot = gr.BarPlot(x="label", y="probability", title="Prediction", y_lim=[0, 1], sort="-y")
         predictions = gr.Dataframe(label="Predictions (most likely first)", interactive=False)
     latents = gr.Dataframe(
-        label="Top latents (click a row to select it for the heatmap and for Steering)", interactive=False
+        label="Top latents (click a row to select it for the heatmap, for Steering, and for its card in Latents)",
+        interactive=False,
     )
     gr.Markdown(
         f"*latent*: {glossary.explain('latent')}. *label_score*: {glossary.explain('label_score')}. "
