@@ -98,6 +98,13 @@ def test_example_attribute_then_steer_in_the_browser(page, page_errors, tmp_path
     assert top_latents.locator('[role="row"][data-index]').count() >= 1
     latent = first_latent.inner_text().strip()
 
+    # Latents: the selected latent's card, from the shipped toy index (its top images with the latent's heatmap).
+    page.get_by_role("tab", name="Latents").click()
+    card_title = page.get_by_test_id("markdown").filter(has_text=f"latent {latent}:")
+    expect(card_title).to_be_visible(timeout=RUN_S * 1000)
+    expect(card_title).to_contain_text("fires on (images)")
+    expect(page.locator('[data-testid="gallery"] img, .gallery img, button.thumbnail-item img').first).to_be_visible()
+
     # Steering: the top latent carried over into the latent ids; removing it shows before and after.
     page.get_by_role("tab", name="Steering").click()
     latent_ids = page.get_by_label("Latent ids (comma-separated)")
