@@ -139,7 +139,7 @@ def histogram_bars(stats: LatentStats) -> list[tuple[str, int]]:
     used = [b for b, n in enumerate(counts) if n]
     if not used:
         return []
-    return [(f"{edges[b]:.3g}–{edges[b + 1]:.3g}", counts[b]) for b in range(used[0], used[-1] + 1)]
+    return [(f"{edges[b]:.2g}–{edges[b + 1]:.2g}", counts[b]) for b in range(used[0], used[-1] + 1)]
 
 
 def histogram_svg(stats: LatentStats, width: int = 360, height: int = 80) -> str:

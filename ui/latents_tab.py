@@ -85,9 +85,11 @@ def card_outputs(card: cards.LatentCard) -> tuple[list, str, pd.DataFrame]:
         for e in card.examples
     ]
     rows = "".join(f"| {k} | {readings.escaped(v)} |\n" for k, v in cards.stats_rows(card))
-    summary = f"### {readings.escaped(card.caption)}\n\n| | |\n|---|---|\n{rows}"
+    summary = f"### {readings.escaped(card.caption)}\n\n| statistic | value |\n|---|---|\n{rows}"
     bars = cards.histogram_bars(card.stats)
-    histogram = pd.DataFrame({"activation": [b for b, _ in bars], "count": [n for _, n in bars]})
+    # numbered bins: the plot orders its categories as text, and "01 · 0.1–0.13" < "02 · ..." keeps them in order
+    histogram = pd.DataFrame({"activation": [f"{i + 1:02d} · {b}" for i, (b, _) in enumerate(bars)]})
+    histogram["count"] = [n for _, n in bars]
     return gallery, summary, histogram
 
 
