@@ -133,8 +133,13 @@ def build(app: AppContext, model: gr.Dropdown, template: gr.Textbox, selected_la
         sort = gr.Dropdown(list(cards.SORTS), value=cards.SORTS[0], label="Order", scale=2)
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1)
         show = gr.Button("Show", scale=1)
-    status = gr.Markdown()
-    table = gr.Dataframe(label="Latents (click a row for its card)", interactive=False)
+    first_table, first_status = None, ""
+    try:  # the default model's first page at once, when its SAE has an index
+        first_table, first_status, _ = browse_latents(app.model(app.default), "", cards.SORTS[0], 1)
+    except UserInputError:
+        first_status = "No feature index for this SAE: see the README (Train an SAE and build its index)."
+    status = gr.Markdown(first_status)
+    table = gr.Dataframe(first_table, label="Latents (click a row for its card)", interactive=False)
     with gr.Row():
         card_button = gr.Button("Show the card of the selected latent", variant="primary")
     with gr.Row():
