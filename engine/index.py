@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.errors import SAEFormatError, UserInputError
+from engine.errors import SAEFormatError, UserInputError, WorkbenchError
 from engine.image_sources import FolderImages, ImageSource, parse_source
 from engine.resident import Workbench
 
@@ -556,4 +556,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (WorkbenchError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to fix; no traceback

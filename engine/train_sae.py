@@ -65,7 +65,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.backends import Backend, load_backend
-from engine.errors import UnknownChoiceError, UserInputError
+from engine.errors import UnknownChoiceError, UserInputError, WorkbenchError
 from engine.image_sources import ImageSource, parse_source
 from engine.registry import parse_model
 from engine.sae import SAE, SAEConfig
@@ -573,4 +573,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (WorkbenchError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to fix; no traceback
