@@ -153,7 +153,7 @@ class IndexState:
         nonzero_BTS = f_BTS != 0
         self.fired_tokens_S += nonzero_BTS.sum((0, 1))
         self.fired_images_S += nonzero_BTS.any(1).sum(0)
-        self.sum_S += f_BTS.double().sum((0, 1))
+        self.sum_S += f_BTS.sum((0, 1)).double()  # summed in float32 per batch: no (B, T, S) float64 copy
         _, _, latent_K = nonzero_BTS.nonzero(as_tuple=True)
         bins_K = torch.bucketize(f_BTS[nonzero_BTS].abs().double(), BIN_EDGES, right=True)  # [low, high)
         self.histogram_SB += torch.bincount(latent_K * N_BINS + bins_K, minlength=S * N_BINS).view(S, N_BINS)
