@@ -3,6 +3,7 @@
 python scripts/screenshot.py assets/screenshot.png                     # Attribution on the first example
 python scripts/screenshot.py shot.png --example red_circle     # an example by (part of) its file name, or its index
 python scripts/screenshot.py assets/screenshot_diff.png --tab diff --example marker   # the Diff tab
+python scripts/screenshot.py assets/screenshot_explain.png --tab explain --example red   # the Explain tab
 
 Serves the app in-process on 127.0.0.1 and drives Debian's Chromium (/usr/bin/chromium) through Playwright
 (pip install playwright; apt-get install --no-install-recommends chromium). Never needs `playwright install`.
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="where to write the PNG")
     parser.add_argument("--example", default="0", help="example index (sorted by name) or part of its file name")
-    parser.add_argument("--tab", default="attribution", choices=["attribution", "diff"], help="which tab to run")
+    parser.add_argument(
+        "--tab", default="attribution", choices=["attribution", "diff", "explain"], help="which tab to run"
+    )
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the browser executable")
@@ -104,6 +107,22 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
                 return
             page.get_by_role("button", name="Attribute", exact=True).click()
             expect(page.get_by_test_id("markdown").filter(has_text="Prediction:")).to_be_visible(timeout=timeout_ms)
+            if args.tab == "explain":
+                page.get_by_role("tab", name="Explain").click()
+                page.get_by_role("button", name="Explain the selected latent").click()
+                expect(page.get_by_test_id("markdown").filter(has_text="Explanation:")).to_be_visible(
+                    timeout=timeout_ms
+                )
+                page.get_by_role("button", name="Sweep", exact=True).click()
+                expect(page.get_by_test_id("markdown").filter(has_text="the model says")).to_be_visible(
+                    timeout=timeout_ms
+                )
+                page.get_by_role("button", name="Explain the top latents").click()
+                expect(page.get_by_test_id("markdown").filter(has_text="Explained the")).to_be_visible(
+                    timeout=timeout_ms
+                )
+                save_when_drawn(page, args.out, timeout_ms)
+                return
             top_latents = page.get_by_role("grid", name="Top latents", exact=False)
             expect(top_latents.get_by_test_id("cell-0-0")).not_to_be_empty(timeout=timeout_ms)
             # The top latent's heatmap follows from the selection (best effort: it does not come when the top

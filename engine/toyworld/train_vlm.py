@@ -29,6 +29,11 @@ toy and the real VLMs run one code path (processor, chat template, ``generate``,
   language model learnt a sharp rule (anything near a neutral image is ``nothing``) and no steered direction,
   however strong, changed its answer: explanation accuracy 0 at every coefficient from 1 to 16. A real VLM's
   language model answers in proportion to the evidence; the mixup teaches the toy one the same.
+* **Object mixup**: a third of the scenes are shown as what their object adds to their own background
+  (the scene's features minus those of the same background rendered empty), scaled by ``lam`` in [0.1, 1.5] and
+  added into a neutral image, with the caption of everything but the (unseen) texture. With the whole-scene
+  mixup alone, what made an image "not nothing" was mostly its grey background, which no concept direction
+  carries: explanation accuracy 0.35 at coefficient 32 (control false rate 0.15).
 
 Only the projector and the language model are trained (cross-entropy on the answer tokens), on image
 features computed once by the frozen tower. Held-out exact match of the caption is the manifest's
@@ -98,6 +103,7 @@ class ToyVLMConfig:
     lr: float = 3e-3
     heldout_scenes: int = 200
     mix_share: float = 0.5
+    object_share: float = 0.3
     mix_min: float = 0.1
     seed: int = 0
 
@@ -246,12 +252,13 @@ def neutral_image(kind: int, seed: int) -> Image.Image:
 N_NEUTRAL_KINDS = 7
 
 
-def answer_text(scene: Scene | None, prefix: str) -> str:
+def answer_text(scene: Scene | None, prefix: str, background: bool = True) -> str:
     """What the model should say after ``prefix``: the caption (its leading "a" is in the prefix when there is
-    one), or ``nothing`` for a neutral image."""
+    one; without the texture when the background is not shown), or ``nothing`` for a neutral image."""
     if scene is None:
         return NEUTRAL_ANSWER
-    text = captions.caption(scene.as_dict())
+    mentioned = scene.as_dict() if background else {k: v for k, v in scene.as_dict().items() if k != "texture"}
+    text = captions.caption(mentioned)
     return text[2:] if prefix else text
 
 
@@ -284,6 +291,8 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
     images += [neutral_image(i % N_NEUTRAL_KINDS, config.seed + i) for i in range(config.neutral_images)]
     truth: list[Scene | None] = [s for s, _ in scenes] + [None] * config.neutral_images
     feats_NPD = image_features(model, processor, images)
+    # each scene's own background without its shape and marker: scene - background is what the object adds
+    backgrounds_NPD = image_features(model, processor, [render_background(s.texture, seed) for s, seed in scenes])
     log.info("image features %s in %.0f s", tuple(feats_NPD.shape), time.time() - start)
 
     image_id = model.config.image_token_index
@@ -309,7 +318,12 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
     for step in range(config.steps):
         idx = rng.integers(len(images), size=config.batch_size)
         which = rng.integers(len(QUESTIONS), size=config.batch_size)
-        rows = [prompts[q] + answer_ids(answer_text(truth[i], QUESTIONS[q][1])) for i, q in zip(idx, which)]
+        # object mixup: what a scene's object adds to its background, added into a neutral image instead
+        objects = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.object_share)
+        rows = [
+            prompts[q] + answer_ids(answer_text(truth[i], QUESTIONS[q][1], background=not o))
+            for i, q, o in zip(idx, which, objects)
+        ]
         n_prompt = [len(prompts[q]) for q in which]
         length = max(map(len, rows))
         ids_BL = torch.full((len(rows), length), tokenizer.pad_token_id)
@@ -322,12 +336,19 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
         ids_BL, labels_BL, mask_BL = ids_BL.to(device), labels_BL.to(device), mask_BL.to(device)
         feats_BPD = feats_NPD[torch.as_tensor(idx)]
         # feature mixup: a scene faded into a neutral image (weight lam of the scene) keeps the scene's caption
-        mixed = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.mix_share)
+        mixed = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.mix_share) & ~objects
         if mixed.any():
             neutral = torch.as_tensor(rng.integers(len(scenes), len(images), size=int(mixed.sum())))
             lam = torch.as_tensor(rng.uniform(config.mix_min, 1.0, size=int(mixed.sum())), dtype=feats_BPD.dtype)
             lam = lam[:, None, None]
             feats_BPD[torch.as_tensor(mixed)] = (1 - lam) * feats_NPD[neutral] + lam * feats_BPD[torch.as_tensor(mixed)]
+        if objects.any():
+            n = int(objects.sum())
+            neutral = torch.as_tensor(rng.integers(len(scenes), len(images), size=n))
+            lam = torch.as_tensor(rng.uniform(config.mix_min, 1.5, size=n), dtype=feats_BPD.dtype)[:, None, None]
+            chosen = torch.as_tensor(idx[objects])
+            delta = feats_NPD[chosen] - backgrounds_NPD[chosen]
+            feats_BPD[torch.as_tensor(objects)] = feats_NPD[neutral] + lam * delta
         image_BPH = model.model.multi_modal_projector(feats_BPD.to(device))
         embeds_BLH = embed(ids_BL).masked_scatter((ids_BL == image_id)[..., None], image_BPH)
         hidden = model.model.language_model(inputs_embeds=embeds_BLH, attention_mask=mask_BL).last_hidden_state
