@@ -13,11 +13,11 @@ from engine.sources import AllowedDirs
 from engine.specs import TOY_SAE_DIR, TOY_VLM_DIR, SAESpec, VLMSpec
 from engine.toyworld import render
 from tests.served import free_port
-from tests.vlm_fixtures import build_llava
+from tests.vlm_fixtures import BUILDERS
 
 from .conftest import SHAPES
 
-TINY = "tiny LLaVA (random weights)"
+TINY = "tiny llava (random weights)"
 pytestmark = pytest.mark.skipif(not TOY_VLM_DIR.is_dir(), reason="assets/toy_vlm is not built")
 LABELS = json.loads((TOY_SAE_DIR / "latent_info.json").read_text())["labels"]
 SCORES = json.loads((TOY_SAE_DIR / "latent_info.json").read_text())["scores"]
@@ -30,16 +30,20 @@ def served(tmp_path_factory):
     from app import create_app
 
     root = tmp_path_factory.mktemp("explain_app")
-    build_llava(root / "llava")
     torch.manual_seed(2)
     sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=8, hook_name="blocks.1.resid_post"))
     with torch.no_grad():
         for p in sae.parameters():
             p.normal_(0, 0.3)
     sae.save(root / "sae")
-    tiny = ExplainPreset(TINY, VLMSpec(str(root / "llava")), SAESpec(str(root / "sae")), "random weights")
+    tiny = {
+        f"tiny {family} (random weights)": ExplainPreset(
+            f"tiny {family} (random weights)", VLMSpec(str(build(root / family))), SAESpec(str(root / "sae")), "random"
+        )
+        for family, build in BUILDERS.items()
+    }
     app = create_app(
-        "cpu", {"toy": TOY}, allowed=AllowedDirs.default([root]), explain_pairs={TOY_EXPLAIN.name: TOY_EXPLAIN, TINY: tiny},
+        "cpu", {"toy": TOY}, allowed=AllowedDirs.default([root]), explain_pairs={TOY_EXPLAIN.name: TOY_EXPLAIN, **tiny},
         explain_cache=str(root / "cache"),
     )  # fmt: skip
     port = free_port()
@@ -101,10 +105,13 @@ def test_explaining_the_top_latents_fills_the_attribution_table(client, red_imag
     assert {row[0]: row[-1] for row in latents["data"]} == explained
 
 
-def test_a_tiny_real_llava_runs_the_same_endpoint(client):
-    reading, table = client.predict(TINY, "5", "add", "50", "", "", "white", "", api_name="/explain")
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_tiny_real_vlms_run_the_same_endpoint(client, family):
+    """LLaVA (CLIP tower), Gemma 3 (SigLIP) and SmolVLM (SigLIP, pixel shuffle, 5-D pixel values)."""
+    pair = f"tiny {family} (random weights)"
+    reading, table = client.predict(pair, "5", "add", "50", "", "", "white", "", api_name="/explain")
     assert len(table["data"]) == 4 and "Explanation:" in reading
-    _, clamp = client.predict(TINY, "5", "clamp", "50", "", "", "black", "7", api_name="/explain")
+    _, clamp = client.predict(pair, "5", "clamp", "50", "", "", "black", "7", api_name="/explain")
     assert len(clamp["data"]) == 4
 
 
