@@ -15,6 +15,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -360,11 +361,20 @@ def test_path_traversal_in_the_probe_folder_is_refused(served, files, still_righ
     assert "passwd" not in str(raised.value).replace(probe, "")
 
 
-def test_a_server_path_given_as_the_image_is_refused(served, still_right):
-    forged = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}, "orig_name": "passwd"}
-    with pytest.raises(Exception) as raised:
-        attribute(served, forged)
-    assert "root:" not in str(raised.value)
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../../../etc/passwd", "app.py", "/proc/self/environ"])
+def test_a_server_path_given_as_the_image_is_refused(served, still_right, path):
+    """A raw API call (no client-side upload) naming a file on the server: Gradio refuses any path it did not
+    receive as an upload, before a handler runs."""
+    base = served.src.rstrip("/") + "/gradio_api"
+    forged = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}
+    call = httpx.post(
+        f"{base}/call/attribute", json={"data": [forged, LABELS, "a {}", "", "logit_difference", 3, "toy"]}
+    )
+    assert call.status_code == 200
+    with httpx.stream("GET", f"{base}/call/attribute/{call.json()['event_id']}", timeout=60) as stream:
+        events = "".join(stream.iter_text())
+    assert "event: error" in events and "not uploaded by a user" in events, events[:500]
+    assert "root:" not in events and "import" not in events
 
 
 @pytest.mark.parametrize(
