@@ -60,7 +60,7 @@ DEFAULT_QUESTION = {
     "clamp": "What is shown in this image? Use exactly one word!",
 }
 DEFAULT_PREFIX = {"add": "The highlighted element in the image is a", "clamp": ""}
-DEFAULT_COEFFICIENT = {"add": 8.0, "clamp": 8.0}
+DEFAULT_COEFFICIENT = {"add": 16.0, "clamp": 16.0}
 MAX_COEFFICIENT = 1000.0
 NEUTRAL_SIZE = 336  # the processor resizes; a plain image has no detail to lose
 CONTROLS = ("steered", "unsteered", "random", "permuted")
