@@ -15,10 +15,10 @@ except ImportError:  # not on a Space: every decorator below returns the functio
     spaces = None
 
 DEFAULT_DURATION_S = 20
-DURATIONS_S = {"diff_handler": 90, "patch_handler": 60, "ripple": 40, "sweep": 30}
+DURATIONS_S = {"diff_handler": 90, "patch_handler": 60, "ripple": 40, "sweep": 60, "explain": 60, "explain_top": 120}
 """GPU seconds asked for per call, by handler name: small, since a shorter duration gets a better place in
-ZeroGPU's queue (on an H200 slice an attribution or a sweep on ViT-B takes well under a second; a diff runs
-both models over the probe set)."""
+ZeroGPU's queue (on an H200 slice an attribution or a steering sweep on ViT-B takes well under a second; a diff
+runs both models over the probe set; the Explain tab generates text, and its sweep shares the name `sweep`)."""
 
 
 def on_zerogpu() -> bool:
