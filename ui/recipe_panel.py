@@ -154,8 +154,12 @@ def build(app: AppContext, parts: Parts, loaded: gr.State, blocks: gr.Blocks) ->
     p = parts
     state_inputs = [p.model, p.image, p.labels, p.template, p.target, p.metric, p.top_k, p.latents, p.strengths,
                     p.mode, p.patches, p.s_min, p.s_max, p.n_points, p.tab]  # fmt: skip
+
+    def export_current(*values):
+        return export_recipe(app, *values)
+
     export.click(
-        user_errors(lambda *values: export_recipe(app, *values), gpu=False),
+        user_errors(export_current, gpu=False),
         state_inputs,
         [recipe_json, recipe_link],
         api_name="export_recipe",
