@@ -132,3 +132,48 @@ def test_tokens_per_image_samples_that_many(backend):
     assert x_ND.shape == (5 * 8, 96)
     again = trainer.tokens(train_sae.step_images(trainer.train_positions, 0, trainer.config), step=0)
     assert torch.equal(x_ND, again)  # seeded by the step
+
+
+def test_toy_trainer_keeps_the_recipe_of_the_shipped_toy_sae():
+    """engine.toyworld.train_sae.fit_sae runs on engine.train_sae's objective; this is the loop the shipped toy SAE
+    was trained with, written out without it: the two must give the same weights, bit for bit (AuxK included)."""
+    from engine.sae import SAE, SAEConfig
+    from engine.toyworld.train_sae import ToySAEConfig, fit_sae
+
+    generator = torch.Generator().manual_seed(0)
+    x_ND = torch.randn(2000, 96, generator=generator) @ torch.randn(96, 96, generator=generator) * 0.3 + 1.0
+    config = ToySAEConfig(steps=10, batch_tokens=128, dead_after_tokens=200, k=2, aux_k=16)
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    sae = SAE(SAEConfig(96, 384, "topk", config.site, k=config.k, model_name="toy_clip"))
+    with torch.no_grad():
+        W_dec = torch.randn(384, 96, generator=generator)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_dec.copy_(x_ND.mean(0))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
+    since_fired, dead_seen = torch.zeros(384), 0
+    scale = float((x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
+    for _ in range(config.steps):
+        x_BD = x_ND[torch.randint(len(x_ND), (config.batch_tokens,), generator=generator)]
+        pre_BS = sae.pre_activation(x_BD)
+        f_BS = sae.activate(pre_BS)
+        error_BD = x_BD - sae.decode(f_BS)
+        loss = error_BD.pow(2).sum(1).mean() / scale
+        since_fired = torch.where((f_BS > 0).any(0), 0, since_fired + config.batch_tokens)
+        dead_S = since_fired > config.dead_after_tokens
+        if dead_S.any():
+            dead_seen += 1
+            values_BK, indices_BK = pre_BS.masked_fill(~dead_S, float("-inf")).topk(min(16, int(dead_S.sum())), -1)
+            aux_BS = torch.zeros_like(pre_BS).scatter(-1, indices_BK, values_BK.relu())
+            loss = loss + (error_BD.detach() - aux_BS @ sae.W_dec).pow(2).sum(1).mean() / scale / 32
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+    assert dead_seen > 0
+    trained = fit_sae(x_ND, config)
+    for name, reference in sae.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], reference), name
