@@ -29,7 +29,7 @@ prefix like a user's first request does, unless the figure is about the cache.
 * ``sae_train_tokens_per_s``: engine.train_sae's training loop end to end (images read, the model's prefix, the
   SAE's forward, backward and Adam step) on ViT-B/32 (random weights, 24,576 latents, k = 32, noise images) and
   on the toy model (its SAE's size, rendered scenes); ``index_images_per_s``: engine.index's build, the same way.
-  ``python -m engine.bench --only dataset_scale`` measures these two alone.
+  ``python -m engine.bench --only dataset_scale`` measures these two alone (``--only explain`` the next one).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from engine.sources import AllowedDirs
 from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
-PARTS = ("all", "dataset_scale")
+PARTS = ("all", "dataset_scale", "explain")
 STRENGTHS = np.linspace(-1, 3, 16).tolist()
 LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
 
@@ -321,13 +321,13 @@ def explain_speed(device: torch.device, repeats: int) -> dict:
 
     explainer = Explainer(resident_vlm(VLMSpec.toy(), device), resident_sae(SAESpec.toy(), device), None)
     settings = ExplainSettings().resolved()
-    latents = iter(range(10**6))
+    ours_latents, naive_latents = iter(range(10**6)), iter(range(10**6))  # the same latents on both sides
 
     def ours():
-        explainer.explain(next(latents) % explainer.d_sae, settings)
+        explainer.explain(next(ours_latents) % explainer.d_sae, settings)
 
     def naive():
-        latent = next(latents) % explainer.d_sae
+        latent = next(naive_latents) % explainer.d_sae
         for row in explainer._rows(latent, settings, [settings.coefficient]):
             explainer._generate([row], settings)
 
@@ -423,6 +423,8 @@ def run(
     result: dict = {"device": str(device), "dtype": dtype, "torch_threads": torch.get_num_threads(), "repeats": repeats}
     if only not in PARTS:
         raise UnknownChoiceError("part", only, PARTS)
+    if only == "explain":
+        return {**result, "explain": explain_speed(device, repeats)}
     if only == "dataset_scale":
         with tempfile.TemporaryDirectory() as tmp:
             toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
@@ -456,7 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--images", type=int, default=200, help="distinct images for the memory figure")
     parser.add_argument("--dtype", default="float32", help="model and SAE precision (bfloat16/float16 on a GPU)")
-    parser.add_argument("--only", default="all", choices=PARTS, help="all figures, or the dataset-scale ones alone")
+    parser.add_argument(
+        "--only", default="all", choices=PARTS, help="all figures, or the dataset-scale or explain ones alone"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     result = run(args.repeats, args.images, dtype=args.dtype, only=args.only)
