@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -110,13 +111,13 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
             if args.tab == "explain":
                 page.get_by_role("tab", name="Explain").click()
                 page.get_by_role("button", name="Explain the selected latent").click()
-                expect(page.get_by_test_id("markdown").filter(has_text="Explanation:")).to_be_visible(
+                expect(page.get_by_test_id("markdown").filter(has_text="Explanation: adding")).to_be_visible(
                     timeout=timeout_ms
                 )
                 page.get_by_role("button", name="Sweep", exact=True).click()
-                expect(page.get_by_test_id("markdown").filter(has_text="the model says")).to_be_visible(
-                    timeout=timeout_ms
-                )
+                expect(
+                    page.get_by_test_id("markdown").filter(has_text=re.compile("first changes at|at every coefficient"))
+                ).to_be_visible(timeout=timeout_ms)
                 page.get_by_role("button", name="Explain the top latents").click()
                 expect(page.get_by_test_id("markdown").filter(has_text="Explained the")).to_be_visible(
                     timeout=timeout_ms
