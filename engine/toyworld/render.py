@@ -170,13 +170,18 @@ def render(
     return image, Truth(scene, down(mask), down(marker))
 
 
-def render_background(texture: str, seed: int) -> Image.Image:
-    """A scene without a shape or a marker: only the background ``texture`` (the toy VLM's neutral images)."""
+def render_background(texture: str, seed: int, marker: bool = False) -> Image.Image:
+    """A scene without a shape: only the background ``texture``, and the corner marker when asked (the toy VLM's
+    empty scenes)."""
     if texture not in FACTORS["texture"]:
         raise ValueError(f"unknown texture {texture!r}; valid: {', '.join(FACTORS['texture'])}")
     rng = np.random.default_rng(seed)
     grey_HW = _background_HW(texture, rng)
-    image_HWC = np.repeat(grey_HW[..., None], 3, axis=2) * 255 + rng.normal(0, 4.0, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    image_HWC = np.repeat(grey_HW[..., None], 3, axis=2) * 255
+    if marker:
+        x0, y0, x1, y1 = MARKER_BOX_PX
+        image_HWC[y0:y1, x0:x1] = 250
+    image_HWC = image_HWC + rng.normal(0, 4.0, (IMAGE_SIZE, IMAGE_SIZE, 3))
     return Image.fromarray(np.clip(image_HWC, 0, 255).round().astype(np.uint8))
 
 

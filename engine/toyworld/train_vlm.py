@@ -104,6 +104,7 @@ class ToyVLMConfig:
     heldout_scenes: int = 200
     mix_share: float = 0.5
     object_share: float = 0.3
+    empty_scenes: int = 0
     mix_min: float = 0.1
     seed: int = 0
 
@@ -234,6 +235,11 @@ def build_model(clip_dir: Path, tokenizer, config: ToyVLMConfig):
     return model
 
 
+def background_caption(texture: str, marker: str) -> str:
+    """What an empty scene shows: "a striped background with a corner marker"."""
+    return f"a {texture} background " + ("with a corner marker" if marker == "present" else "with no corner marker")
+
+
 def neutral_image(kind: int, seed: int) -> Image.Image:
     """White, black, mid grey, uniform noise, or an empty background of one of the textures."""
     rng = np.random.default_rng(seed)
@@ -252,11 +258,19 @@ def neutral_image(kind: int, seed: int) -> Image.Image:
 N_NEUTRAL_KINDS = 7
 
 
-def answer_text(scene: Scene | None, prefix: str, background: bool = True) -> str:
+def neutral_kinds(config: ToyVLMConfig) -> int:
+    """White, black, grey, noise; and empty backgrounds too, unless empty scenes are captioned by what they show."""
+    return 4 if config.empty_scenes else N_NEUTRAL_KINDS
+
+
+def answer_text(scene: Scene | tuple[str, str] | None, prefix: str, background: bool = True) -> str:
     """What the model should say after ``prefix``: the caption (its leading "a" is in the prefix when there is
     one; without the texture when the background is not shown), or ``nothing`` for a neutral image."""
     if scene is None:
         return NEUTRAL_ANSWER
+    if isinstance(scene, tuple):  # an empty scene: its background and marker
+        text = background_caption(*scene)
+        return text[2:] if prefix else text
     mentioned = scene.as_dict() if background else {k: v for k, v in scene.as_dict().items() if k != "texture"}
     text = captions.caption(mentioned)
     return text[2:] if prefix else text
@@ -288,8 +302,17 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
     model = build_model(clip_dir, tokenizer, config)
     scenes = sample_scenes(config.train_scenes, seed=config.seed + 31_337)
     images = [render(s, seed)[0] for s, seed in scenes]
-    images += [neutral_image(i % N_NEUTRAL_KINDS, config.seed + i) for i in range(config.neutral_images)]
-    truth: list[Scene | None] = [s for s, _ in scenes] + [None] * config.neutral_images
+    kinds = neutral_kinds(config)
+    images += [neutral_image(i % kinds, config.seed + i) for i in range(config.neutral_images)]
+    truth: list[Scene | tuple[str, str] | None] = [s for s, _ in scenes] + [None] * config.neutral_images
+    n_bases = len(images)  # neutral images above this index are empty scenes with something to say
+    if config.empty_scenes:
+        empty = [
+            (str(rng.choice(FACTORS["texture"])), str(rng.choice(FACTORS["marker"])))
+            for _ in range(config.empty_scenes)
+        ]
+        images += [render_background(t, config.seed + 50_000 + i, m == "present") for i, (t, m) in enumerate(empty)]
+        truth += empty
     feats_NPD = image_features(model, processor, images)
     # each scene's own background without its shape and marker: scene - background is what the object adds
     backgrounds_NPD = image_features(model, processor, [render_background(s.texture, seed) for s, seed in scenes])
@@ -319,7 +342,8 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
         idx = rng.integers(len(images), size=config.batch_size)
         which = rng.integers(len(QUESTIONS), size=config.batch_size)
         # object mixup: what a scene's object adds to its background, added into a neutral image instead
-        objects = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.object_share)
+        is_scene = np.array([isinstance(truth[i], Scene) for i in idx])
+        objects = is_scene & (rng.random(len(idx)) < config.object_share)
         rows = [
             prompts[q] + answer_ids(answer_text(truth[i], QUESTIONS[q][1], background=not o))
             for i, q, o in zip(idx, which, objects)
@@ -336,15 +360,15 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
         ids_BL, labels_BL, mask_BL = ids_BL.to(device), labels_BL.to(device), mask_BL.to(device)
         feats_BPD = feats_NPD[torch.as_tensor(idx)]
         # feature mixup: a scene faded into a neutral image (weight lam of the scene) keeps the scene's caption
-        mixed = np.array([truth[i] is not None for i in idx]) & (rng.random(len(idx)) < config.mix_share) & ~objects
+        mixed = is_scene & (rng.random(len(idx)) < config.mix_share) & ~objects
         if mixed.any():
-            neutral = torch.as_tensor(rng.integers(len(scenes), len(images), size=int(mixed.sum())))
+            neutral = torch.as_tensor(rng.integers(len(scenes), n_bases, size=int(mixed.sum())))
             lam = torch.as_tensor(rng.uniform(config.mix_min, 1.0, size=int(mixed.sum())), dtype=feats_BPD.dtype)
             lam = lam[:, None, None]
             feats_BPD[torch.as_tensor(mixed)] = (1 - lam) * feats_NPD[neutral] + lam * feats_BPD[torch.as_tensor(mixed)]
         if objects.any():
             n = int(objects.sum())
-            neutral = torch.as_tensor(rng.integers(len(scenes), len(images), size=n))
+            neutral = torch.as_tensor(rng.integers(len(scenes), n_bases, size=n))
             lam = torch.as_tensor(rng.uniform(config.mix_min, 1.5, size=n), dtype=feats_BPD.dtype)[:, None, None]
             chosen = torch.as_tensor(idx[objects])
             delta = feats_NPD[chosen] - backgrounds_NPD[chosen]
@@ -364,7 +388,7 @@ def train(clip_dir: Path, config: ToyVLMConfig, out: Path, device: str = "cpu") 
     model.model.language_model.config._attn_implementation = "sdpa"
     model.eval().to("cpu")
     metrics = {"vlm_caption_exact_match": caption_exact_match(model, processor, config.heldout_scenes)}
-    metrics["neutral_says_nothing"] = neutral_says_nothing(model, processor)
+    metrics["neutral_says_nothing"] = neutral_says_nothing(model, processor, kinds=neutral_kinds(config))
     metrics["train_seconds"] = round(time.time() - start)
     log.info("toy VLM %s", metrics)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +436,7 @@ def caption_exact_match(model, processor, n: int, seed: int = HELDOUT_SEED) -> f
     return float(np.mean([t == captions.caption(s.as_dict()) for t, (s, _) in zip(said, scenes)]))
 
 
-def neutral_says_nothing(model, processor, n: int = 28) -> float:
+def neutral_says_nothing(model, processor, n: int = 28, kinds: int = N_NEUTRAL_KINDS) -> float:
     """Share of held-out neutral images (white, black, grey, noise, empty backgrounds) answered ``nothing``."""
-    said = generate_captions(model, processor, [neutral_image(i % N_NEUTRAL_KINDS, HELDOUT_SEED + i) for i in range(n)])
+    said = generate_captions(model, processor, [neutral_image(i % kinds, HELDOUT_SEED + i) for i in range(n)])
     return float(np.mean([t == NEUTRAL_ANSWER for t in said]))
