@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
@@ -51,7 +50,6 @@ class ExplainContext:
     pairs: dict[str, ExplainPreset]
     load: Callable[[ExplainPreset], Explainer]
     cache: ExplanationCache | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def preset(self, name: str | None) -> ExplainPreset:
         name = name or next(iter(self.pairs), "")
