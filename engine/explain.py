@@ -48,7 +48,7 @@ from PIL import Image
 
 from engine import heldout
 from engine.errors import UnknownChoiceError, UserInputError
-from engine.resident import ResidentSAE
+from engine.resident import ResidentSAE, check_latent
 from engine.vlm import VisionLanguageModel, check_text, replace_hidden
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,7 @@ class Explainer:
         return self.sae.config.d_sae
 
     def check_latent(self, latent: int) -> int:
-        if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < self.d_sae:
-            raise UserInputError(f"unknown latent id {latent!r}; valid: 0 .. {self.d_sae - 1}")
-        return latent
+        return check_latent(latent, self.d_sae)
 
     def label(self, latent: int) -> str:
         info = self.resident_sae.latent_info

@@ -155,6 +155,13 @@ class ResidentModel:
             return self._texts[key]
 
 
+def check_latent(latent: int, d_sae: int) -> int:
+    """``latent`` when it is a latent id of an SAE with ``d_sae`` latents; otherwise a message with the range."""
+    if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < d_sae:
+        raise UserInputError(f"unknown latent id {latent!r}; valid: 0 .. {d_sae - 1}")
+    return latent
+
+
 def check_template(template: str) -> str:
     """A prompt template holds exactly one ``{}`` (where the label goes) and no other braces.
 
@@ -322,9 +329,7 @@ class Workbench:
         return self.sae.config.d_sae
 
     def check_latent(self, latent: int) -> int:
-        if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < self.d_sae:
-            raise UserInputError(f"unknown latent id {latent!r}; valid: 0 .. {self.d_sae - 1}")
-        return latent
+        return check_latent(latent, self.d_sae)
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The model's own preprocessing, on the device, in the model's dtype."""

@@ -4,16 +4,14 @@ random-weight LLaVA (the real family's classes, processor and chat template) wit
 import json
 
 import pytest
-import torch
 from gradio_client import Client, handle_file
 
 from engine.registry import TOY, TOY_EXPLAIN, ExplainPreset
-from engine.sae import SAE, SAEConfig
 from engine.sources import AllowedDirs
 from engine.specs import TOY_SAE_DIR, TOY_VLM_DIR, SAESpec, VLMSpec
 from engine.toyworld import render
 from tests.served import free_port
-from tests.vlm_fixtures import BUILDERS
+from tests.vlm_fixtures import BUILDERS, tower_sae
 
 from .conftest import SHAPES
 
@@ -30,12 +28,7 @@ def served(tmp_path_factory):
     from app import create_app
 
     root = tmp_path_factory.mktemp("explain_app")
-    torch.manual_seed(2)
-    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=8, hook_name="blocks.1.resid_post"))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0, 0.3)
-    sae.save(root / "sae")
+    tower_sae(root / "sae", seed=2)
     tiny = {
         f"tiny {family} (random weights)": ExplainPreset(
             f"tiny {family} (random weights)", VLMSpec(str(build(root / family))), SAESpec(str(root / "sae")), "random"

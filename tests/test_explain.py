@@ -21,7 +21,7 @@ from engine.sae import SAE, SAEConfig
 from engine.sources import AllowedDirs
 from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec, VLMSpec
 from engine.vlm import resident_vlm
-from tests.vlm_fixtures import BUILDERS
+from tests.vlm_fixtures import BUILDERS, tower_sae
 
 pytestmark = pytest.mark.skipif(not TOY_VLM_DIR.is_dir(), reason="assets/toy_vlm is not built")
 
@@ -173,12 +173,7 @@ def tiny_family(request, tmp_path_factory):
     """A tiny random-weight VLM of each real family with a random TopK SAE at blocks.1.resid_post of its tower."""
     root = tmp_path_factory.mktemp(request.param)
     model_dir = BUILDERS[request.param](root / "model")
-    torch.manual_seed(1)
-    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=8, hook_name="blocks.1.resid_post"))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0, 0.3)
-    sae.save(root / "sae")
+    tower_sae(root / "sae", seed=1)
     allowed = AllowedDirs.default([root])
     return (
         resident_vlm(VLMSpec(str(model_dir)), "cpu", allowed=allowed),

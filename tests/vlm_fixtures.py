@@ -162,4 +162,17 @@ def _save(model, processor, tokenizer, out: Path) -> Path:
     return out
 
 
+def tower_sae(out: Path, seed: int = 1) -> Path:
+    """A random TopK SAE (64 latents, k=8) at blocks.1.resid_post of the tiny towers (width 32), saved natively."""
+    from engine.sae import SAE, SAEConfig
+
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=8, hook_name="blocks.1.resid_post"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    sae.save(out)
+    return out
+
+
 BUILDERS = {"llava": build_llava, "gemma3": build_gemma3, "smolvlm": build_smolvlm}
