@@ -383,13 +383,15 @@ class Workbench:
     def state_warnings(self, state: SiteState) -> list[str]:
         """Plain sentences about how far the SAE's latents can be trusted on this image (may be empty)."""
         explained, floor = state.explained_variance, self.explained_variance_floor
+        # A negative share ("-113%") reads as nonsense: the reconstruction is further off than the mean would be.
+        share = f"only {explained:.0%} of" if explained >= 0 else "none of"
         if explained < floor:
             return [
-                f"the SAE reconstructs only {explained:.0%} of this image's activations, less than on any but the "
+                f"the SAE reconstructs {share} this image's activations, less than on any but the "
                 f"rarest of the images it was made for (below {floor:.0%}): the image is unlike what the SAE knows, "
                 "so its concepts may explain the prediction poorly; read the latents below with caution"
                 if self.latent_info is not None and self.latent_info.explained_variance_floor is not None
-                else f"the SAE reconstructs only {explained:.0%} of this image's activations (below {floor:.0%}): "
+                else f"the SAE reconstructs {share} this image's activations (below {floor:.0%}): "
                 "the image is unlike what the SAE was trained on, so its concepts explain little of the "
                 "prediction; read the latents below with caution"
             ]
