@@ -6,7 +6,7 @@ Reading a latent's top images is correlation; this is a causal test. Two publish
   code HPAI-BSC/vision-interp): feed a neutral image (plain white), add ``coefficient x decoder row`` of the
   latent at every token of a vision-tower layer during the prefill, and let the language model complete
   "The highlighted element in the image is a ...". Here the coefficient is in units of the latent's typical
-  activation (as the Steering tab's add mode: 1 adds the concept as strongly as it usually appears), so one
+  activation (as the Steering tab's add mode: 1 adds the concept as strongly as it usually appears; 32 by default), so one
   setting means the same for every latent and every SAE; the change at every token is
   ``coefficient * typical_i * W_dec[i]`` and everything else (the SAE error included) stays.
 * **clamp** (Pach et al. 2025, "Sparse Autoencoders Learn Monosemantic Features in Vision-Language Models",
@@ -60,7 +60,7 @@ DEFAULT_QUESTION = {
     "clamp": "What is shown in this image? Use exactly one word!",
 }
 DEFAULT_PREFIX = {"add": "The highlighted element in the image is a", "clamp": ""}
-DEFAULT_COEFFICIENT = {"add": 16.0, "clamp": 16.0}
+DEFAULT_COEFFICIENT = {"add": 32.0, "clamp": 16.0}
 MAX_COEFFICIENT = 1000.0
 NEUTRAL_SIZE = 336  # the processor resizes; a plain image has no detail to lose
 CONTROLS = ("steered", "unsteered", "random", "permuted")

@@ -19,8 +19,10 @@ TINY = "tiny llava (random weights)"
 pytestmark = pytest.mark.skipif(not TOY_VLM_DIR.is_dir(), reason="assets/toy_vlm is not built")
 LABELS = json.loads((TOY_SAE_DIR / "latent_info.json").read_text())["labels"]
 SCORES = json.loads((TOY_SAE_DIR / "latent_info.json").read_text())["scores"]
-TOP_LEFT = next(i for i, (label, s) in enumerate(zip(LABELS, SCORES)) if label == "position=top left" and s >= 0.9)
-DEFAULTS = ("add", "16", "", "", "white", "")  # style, coefficient, question, prefix, neutral image, seed
+BOTTOM_RIGHT = next(
+    i for i, (label, s) in enumerate(zip(LABELS, SCORES)) if label == "position=bottom right" and s >= 0.9
+)
+DEFAULTS = ("add", "32", "", "", "white", "")  # style, coefficient, question, prefix, neutral image, seed
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +61,22 @@ def red_image(tmp_path_factory):
 
 
 def test_explain_names_a_position_latent_with_its_controls_and_caches_it(client):
-    reading, table = client.predict(TOY_EXPLAIN.name, str(TOP_LEFT), *DEFAULTS, api_name="/explain")
+    reading, table = client.predict(TOY_EXPLAIN.name, str(BOTTOM_RIGHT), *DEFAULTS, api_name="/explain")
     runs = [row[0] for row in table["data"]]
     assert runs[:3] == ["steered (the explanation)", "unsteered", "random direction, same size"]
     said = {row[0]: row[1] for row in table["data"]}
-    assert "in the top left" in said["steered (the explanation)"]
+    assert "in the bottom right" in said["steered (the explanation)"]
     assert said["unsteered"] == "nothing"
     assert "Explanation:" in reading and "from the explanation cache" not in reading
-    again, _ = client.predict(TOY_EXPLAIN.name, str(TOP_LEFT), *DEFAULTS, api_name="/explain")
+    again, _ = client.predict(TOY_EXPLAIN.name, str(BOTTOM_RIGHT), *DEFAULTS, api_name="/explain")
     assert "from the explanation cache" in again
 
 
 def test_the_sweep_says_where_the_text_changes(client):
-    summary, table = client.predict(TOY_EXPLAIN.name, str(TOP_LEFT), "0, 16", *DEFAULTS, api_name="/explain_sweep")
-    assert [row[0] for row in table["data"]] == [0, 16]
+    summary, table = client.predict(TOY_EXPLAIN.name, str(BOTTOM_RIGHT), "0, 32", *DEFAULTS, api_name="/explain_sweep")
+    assert [row[0] for row in table["data"]] == [0, 32]
     assert table["data"][0][1] == "nothing"
-    assert "first changes at 16" in summary
+    assert "first changes at 32" in summary
 
 
 def test_explaining_the_top_latents_fills_the_attribution_table(client, red_image):
@@ -123,7 +125,7 @@ def test_tiny_real_vlms_run_the_same_endpoint(client, family):
 def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, pair, latent, settings, message):
     with pytest.raises(Exception, match=message):
         client.predict(pair, latent, *settings, api_name="/explain")
-    reading, _ = client.predict(TOY_EXPLAIN.name, str(TOP_LEFT), *DEFAULTS, api_name="/explain")
+    reading, _ = client.predict(TOY_EXPLAIN.name, str(BOTTOM_RIGHT), *DEFAULTS, api_name="/explain")
     assert "Explanation:" in reading
 
 

@@ -52,7 +52,7 @@ def test_explain_a_latent_then_the_top_latents_in_the_browser(url):
             page.get_by_role("button", name="Explain the selected latent").click()
             reading = page.get_by_test_id("markdown").filter(has_text="Explanation: adding")
             expect(reading).to_be_visible(timeout=RUN_S * 1000)
-            expect(reading).to_contain_text("16x its typical strength")
+            expect(reading).to_contain_text("32x its typical strength")
             controls = page.get_by_role("grid", name="The explanation and its controls")
             expect(controls.get_by_test_id("cell-1-0")).to_have_text("unsteered")
             expect(controls.get_by_test_id("cell-1-1")).to_have_text("nothing")
