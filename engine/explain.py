@@ -244,7 +244,9 @@ class Explainer:
         def edit(module, args, output):
             hidden_NTD = _hidden_of(output)
             n_vision, n_rows = hidden_NTD.shape[0], len(rows)
-            per = n_vision // n_rows  # tiling models run several sub-images per prompt
+            if n_vision % n_rows:
+                raise RuntimeError(f"{n_vision} vision rows for {n_rows} prompts: each prompt must bring as many crops")
+            per = n_vision // n_rows  # tiling models run several sub-images per prompt (the same neutral image)
             out_NTD = hidden_NTD.clone()
             for b, spec in enumerate(rows):
                 if spec is None:
@@ -257,9 +259,8 @@ class Explainer:
                     x = hidden_NTD[sl].to(sae.W_dec.dtype)
                     f = sae.encode(x)
                     f[..., spec["latent"]] = 0
-                    scale = sae.output_scale(x)
-                    recon = sae.decode(f, x)
-                    out_NTD[sl] = (recon + spec["amount"] * scale * direction_D.to(recon.dtype)).to(hidden_NTD.dtype)
+                    recon = sae.decode(f, x)  # the amount is in activation units: it moves x along the row as is
+                    out_NTD[sl] = (recon + spec["amount"] * direction_D.to(recon.dtype)).to(hidden_NTD.dtype)
             return replace_hidden(output, out_NTD)
 
         return edit

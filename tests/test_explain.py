@@ -94,6 +94,18 @@ def test_add_hook_moves_each_row_by_its_own_edit(uncached):
     torch.testing.assert_close(out[2], (-direction).expand(37, -1))
 
 
+def test_clamp_hook_writes_the_reconstruction_with_the_latent_clamped(uncached):
+    """Pach et al.: the layer's output becomes the SAE's reconstruction with latent i at the given value (error
+    dropped), i.e. decode(f with f_i = 0) + value * W_dec[i]."""
+    sae = uncached.sae
+    hidden = torch.randn(1, 37, 96) * 3
+    row = sae.W_dec[9].detach()
+    out = uncached._hook([{"latent": 9, "direction": row, "amount": 5.0}], "clamp")(None, (), hidden)
+    f = sae.encode(hidden)
+    f[..., 9] = 0
+    torch.testing.assert_close(out, sae.decode(f, hidden) + 5.0 * row, atol=1e-5, rtol=1e-5)
+
+
 def test_controls_are_the_published_ones(uncached):
     d_sae = uncached.d_sae
     assert permuted_latent(3, d_sae) == 3 + d_sae // 2 and permuted_latent(d_sae - 1, d_sae) == d_sae // 2 - 1
