@@ -26,13 +26,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from engine.errors import ModelUnavailableError, PathNotAllowedError, UserInputError
 from engine.specs import ASSETS, ModelSpec
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 ALLOWED_DIRS_ENV = "CSW_ALLOWED_DIRS"
@@ -168,6 +171,34 @@ def how_to_provide(name: str, offline: bool) -> str:
         f"`hf download {name} --local-dir DIR`, copy DIR here and pass the directory instead "
         "(inside a directory allowed with --allow-dir)"
     )
+
+
+def load_pretrained(name: str, from_pretrained: Callable[[str, bool], T], what: str, contents: str) -> T:
+    """``from_pretrained(source, local_files_only)`` for a ``save_pretrained`` directory, or a hub id from the local
+    cache first and the hub (through :func:`hub_guard`) second; a failure says how to provide the files.
+    ``what`` names the kind of model in messages, ``contents`` what such a directory must hold."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        try:
+            return from_pretrained(str(path), True)
+        except (OSError, ValueError) as error:
+            raise ModelUnavailableError(
+                f"could not load the {what} in {path}: {error}. The directory must hold {contents}."
+            ) from error
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a hub id ("owner/name")
+        raise ModelUnavailableError(
+            f"{what} directory {name!r} does not exist; pass a directory written by save_pretrained "
+            "(e.g. by `hf download <hub id> --local-dir DIR`) or a hub id"
+        )
+    try:  # the cache first: no network check for a model that is already here
+        return from_pretrained(name, True)
+    except (OSError, ValueError) as cached_error:
+        log.debug("%s is not in the local cache: %s", name, cached_error)
+    with hub_guard() as offline:
+        try:
+            return from_pretrained(name, offline)
+        except (OSError, ValueError) as error:
+            raise ModelUnavailableError(f"{what} {how_to_provide(name, offline)}") from error
 
 
 def resolve_sae_source(source: str, allowed: AllowedDirs) -> Path:

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -32,7 +31,7 @@ from engine.backends import SITE_PATTERN
 from engine.errors import ModelUnavailableError, UnknownChoiceError, UserInputError
 from engine.hooks import ForwardHook, attached
 from engine.resident import KeyedCache, default_device, resolve_dtype
-from engine.sources import AllowedDirs, how_to_provide, hub_guard
+from engine.sources import AllowedDirs, load_pretrained
 from engine.specs import VLMSpec
 
 log = logging.getLogger(__name__)
@@ -187,28 +186,10 @@ def _load(name: str, dtype: torch.dtype):
         model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_files_only, dtype=dtype)
         return model, AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
 
-    path = Path(name).expanduser()
-    if path.is_dir():
-        try:
-            return from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ModelUnavailableError(
-                f"could not load the VLM in {path}: {error}. The directory must hold what save_pretrained writes for "
-                "the model and its processor (config.json, weights, tokenizer and processor files)."
-            ) from error
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise ModelUnavailableError(
-            f"VLM directory {name!r} does not exist; pass a save_pretrained directory or a hub id"
-        )
-    try:
-        return from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as cached_error:
-        log.debug("%s is not in the local cache: %s", name, cached_error)
-    with hub_guard() as offline:
-        try:
-            return from_pretrained(name, local_files_only=offline)
-        except (OSError, ValueError) as error:
-            raise ModelUnavailableError(f"VLM {how_to_provide(name, offline)}") from error
+    return load_pretrained(
+        name, from_pretrained, "VLM", "what save_pretrained writes for the model and its processor (config.json, "
+        "weights, tokenizer and processor files)",
+    )  # fmt: skip
 
 
 _vlms: KeyedCache[tuple, VisionLanguageModel] = KeyedCache()

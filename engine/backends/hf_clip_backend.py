@@ -28,9 +28,6 @@ answer within seconds). Otherwise :class:`ModelUnavailableError` says how to pro
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -38,10 +35,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPMode
 
 from engine.backends import ResidualSites
 from engine.errors import ModelUnavailableError
-from engine.sources import how_to_provide, hub_guard
+from engine.sources import load_pretrained
 from engine.specs import ModelSpec
 
-log = logging.getLogger(__name__)
 MODEL_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
 MIN_VOCABULARY = 1000  # a real CLIP/SigLIP vocabulary has 32k-250k tokens; a stub has a handful
 PROBE_SENTENCE = "a photo of a cat."
@@ -129,29 +125,10 @@ class HFClipBackend(ResidualSites):
 
 def _load(name: str):
     """(model, tokenizer, image processor) from a local directory, the local cache, or (online) the hub."""
-    if Path(name).expanduser().is_dir():
-        directory = str(Path(name).expanduser())
-        try:
-            return _from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ModelUnavailableError(
-                f"could not load the transformers model in {directory}: {error}. The directory must hold what "
-                "save_pretrained writes (config.json, weights) plus the tokenizer and preprocessor files."
-            ) from error
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a hub id ("owner/name")
-        raise ModelUnavailableError(
-            f"model directory {name!r} does not exist; pass a directory written by save_pretrained "
-            "(e.g. by `hf download <hub id> --local-dir DIR`) or a hub id such as openai/clip-vit-base-patch32"
-        )
-    try:  # the cache first: no network check for a model that is already here
-        return _from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as cached_error:
-        log.debug("%s is not in the local cache: %s", name, cached_error)
-    with hub_guard() as offline:
-        try:
-            return _from_pretrained(name, local_files_only=offline)
-        except (OSError, ValueError) as error:
-            raise ModelUnavailableError(f"transformers model {how_to_provide(name, offline)}") from error
+    return load_pretrained(
+        name, _from_pretrained, "transformers model", "what save_pretrained writes (config.json, weights) plus the "
+        "tokenizer and preprocessor files",
+    )  # fmt: skip
 
 
 def _from_pretrained(name: str, local_files_only: bool):
