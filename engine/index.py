@@ -60,6 +60,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import SAEFormatError, UserInputError, WorkbenchError
 from engine.image_sources import FolderImages, ImageSource, parse_source
+from engine.report import print_result
 from engine.resident import Workbench
 
 log = logging.getLogger(__name__)
@@ -519,7 +520,7 @@ def run_build(args: argparse.Namespace, command: str) -> None:
         accelerator,
     )
     if accelerator.is_main_process:
-        print(json.dumps({**manifest["counts"], "seconds": manifest["seconds"]}))
+        print_result({**manifest["counts"], "seconds": manifest["seconds"]}, as_json=True)
 
 
 def parse_latents(text: str, d_sae: int) -> list[int]:

@@ -68,6 +68,7 @@ from engine.backends import Backend, load_backend
 from engine.errors import UnknownChoiceError, UserInputError, WorkbenchError
 from engine.image_sources import ImageSource, parse_source
 from engine.registry import parse_model
+from engine.report import print_result
 from engine.sae import SAE, SAEConfig
 
 log = logging.getLogger(__name__)
@@ -569,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         backend, parse_source(args.data), config, args.out, args.resume, command, spec.display_name, accelerator
     )
     if accelerator.is_main_process:
-        print(json.dumps(manifest["metrics"]))
+        print_result(manifest["metrics"], as_json=True)
 
 
 if __name__ == "__main__":

@@ -94,34 +94,23 @@ def shoot(url: str, example: str, args: argparse.Namespace) -> None:
             thumbnail.click()
             expect(page.locator(f'[data-testid="image"] .image-frame img[src$="/{example}"]')).to_be_visible()
 
+            def run(button: str, reading, exact: bool = False) -> None:
+                """Click ``button`` and wait for the Markdown reading that says it finished."""
+                page.get_by_role("button", name=button, exact=exact).click()
+                expect(page.get_by_test_id("markdown").filter(has_text=reading)).to_be_visible(timeout=timeout_ms)
+
             if args.tab == "diff":
                 page.get_by_role("tab", name="Diff").click()
-                page.get_by_role("button", name="Diff the checkpoints").click()
-                expect(page.get_by_test_id("markdown").filter(has_text="predictions changed")).to_be_visible(
-                    timeout=timeout_ms
-                )
-                page.get_by_role("button", name="Patch", exact=True).click()
-                expect(page.get_by_test_id("markdown").filter(has_text="Denoising restores")).to_be_visible(
-                    timeout=timeout_ms
-                )
+                run("Diff the checkpoints", "predictions changed")
+                run("Patch", "Denoising restores", exact=True)
                 save_when_drawn(page, args.out, timeout_ms)
                 return
-            page.get_by_role("button", name="Attribute", exact=True).click()
-            expect(page.get_by_test_id("markdown").filter(has_text="Prediction:")).to_be_visible(timeout=timeout_ms)
+            run("Attribute", "Prediction:", exact=True)
             if args.tab == "explain":
                 page.get_by_role("tab", name="Explain").click()
-                page.get_by_role("button", name="Explain the selected latent").click()
-                expect(page.get_by_test_id("markdown").filter(has_text="Explanation: adding")).to_be_visible(
-                    timeout=timeout_ms
-                )
-                page.get_by_role("button", name="Sweep", exact=True).click()
-                expect(
-                    page.get_by_test_id("markdown").filter(has_text=re.compile("first changes at|at every coefficient"))
-                ).to_be_visible(timeout=timeout_ms)
-                page.get_by_role("button", name="Explain the top latents").click()
-                expect(page.get_by_test_id("markdown").filter(has_text="Explained the")).to_be_visible(
-                    timeout=timeout_ms
-                )
+                run("Explain the selected latent", "Explanation: adding")
+                run("Sweep", re.compile("first changes at|at every coefficient"), exact=True)
+                run("Explain the top latents", "Explained the")
                 save_when_drawn(page, args.out, timeout_ms)
                 return
             top_latents = page.get_by_role("grid", name="Top latents", exact=False)

@@ -3,7 +3,6 @@
 import html
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,9 @@ from ui import readings
 from ui.common import parse_labels
 
 from .conftest import SHAPES
+from .served import free_port
 
 LABELS = ", ".join(SHAPES)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 VIT_B32 = "ViT-B-32 (random weights) + random SAE"

@@ -2,32 +2,23 @@
 architecture (open_clip ViT-B-32 with random weights against a perturbed copy loaded from a safetensors file)."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
-import torch
 from gradio_client import Client, handle_file
-from safetensors.torch import save_file
 
 from engine.bench import random_sae
 from engine.registry import TOY_DIFF, DiffPreset
-from engine.resident import resident_model
 from engine.sources import AllowedDirs
 from engine.specs import PHOTOS_DIR, TOY_SHORTCUT_DIR, ModelSpec, SAESpec
 from engine.toyworld import render
 
 from .conftest import SHAPES
+from .served import free_port, perturbed_checkpoint
 
 LABELS = ", ".join(SHAPES)
 VIT_PAIR = "ViT-B-32 (random) vs a perturbed copy"
 pytestmark = pytest.mark.skipif(not TOY_SHORTCUT_DIR.is_dir(), reason="the toy pair's assets are not built")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +27,7 @@ def vit_pair(tmp_path_factory):
     directory = tmp_path_factory.mktemp("vit_pair")
     random_sae(768, 1024, 8, "blocks.6.resid_post", seed=3).save(directory / "sae")
     reference = ModelSpec("open_clip", "ViT-B-32")
-    model = resident_model(reference, "cpu").backend.model
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().clone().contiguous()
-        if name.startswith("visual.transformer.resblocks.9.") and tensor.is_floating_point():
-            tensor += 0.05 * tensor.std() * torch.randn(tensor.shape, generator=generator)
-        state[name] = tensor
-    save_file(state, str(directory / "finetuned.safetensors"))
-    intervened = ModelSpec("open_clip", "ViT-B-32", str(directory / "finetuned.safetensors"))
+    intervened = perturbed_checkpoint(reference, 9, directory / "finetuned.safetensors")
     return directory, DiffPreset(VIT_PAIR, reference, intervened, SAESpec(str(directory / "sae")), "random weights")
 
 

@@ -5,13 +5,13 @@ Skipped (with the reason) only when Chromium or the playwright package is missin
 """
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
 from engine.specs import ASSETS
 from scripts.screenshot import CHROMIUM_ARGS
+from tests.served import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOAD_S, RUN_S = 30, 30  # generous per-step limits; the whole test takes well under a minute on a CPU
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.skipif(
     not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing (apt-get install --no-install-recommends chromium)"
 )
 expect = sync_api.expect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 UNAVAILABLE = "ViT-B-32 (openai, not cached here)"

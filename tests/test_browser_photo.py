@@ -10,23 +10,17 @@ above the tables.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from engine.bench import random_sae
 from engine.registry import DiffPreset, Preset
-from engine.resident import resident_model
 from engine.sources import AllowedDirs
 from engine.specs import PHOTOS_DIR, ModelSpec, SAESpec
-from scripts.screenshot import CHROMIUM_ARGS
 
-from .served import free_port
+from .served import CHROMIUM, browser_page, free_port, perturbed_checkpoint
 
-CHROMIUM = Path("/usr/bin/chromium")
 STEP_S = 300  # generous per-step limit: ViT-B-32 on a shared 2-core CPU (a diff takes about a minute)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing")
@@ -45,17 +39,8 @@ def url(tmp_path_factory):
     directory = tmp_path_factory.mktemp("vit")
     random_sae(768, 1024, 16, "blocks.8.resid_post", seed=4).save(directory / "sae")
     reference = ModelSpec("open_clip", "ViT-B-32")
-    model = resident_model(reference, "cpu").backend.model
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().clone().contiguous()
-        if name.startswith("visual.transformer.resblocks.10.") and tensor.is_floating_point():
-            tensor += 0.05 * tensor.std() * torch.randn(tensor.shape, generator=generator)
-        state[name] = tensor
-    save_file(state, str(directory / "finetuned.safetensors"))
     sae = SAESpec(str(directory / "sae"))
-    intervened = ModelSpec("open_clip", "ViT-B-32", str(directory / "finetuned.safetensors"))
+    intervened = perturbed_checkpoint(reference, 10, directory / "finetuned.safetensors")
     app = create_app(
         "cpu",
         {VIT: Preset(VIT, reference, sae, "random weights")},
@@ -73,16 +58,9 @@ def url(tmp_path_factory):
 @pytest.fixture
 def page(url):
     errors: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(STEP_S * 1000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.errors = errors
-            yield page
-        finally:
-            browser.close()
+    with browser_page(None, STEP_S, errors) as page:
+        page.errors = errors
+        yield page
 
 
 def shown_numbers(grid) -> list[str]:
