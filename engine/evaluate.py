@@ -281,10 +281,12 @@ def evaluate_diff(workbench: Workbench, info: dict) -> dict:
     }
 
 
-def evaluate_explain(info: dict, device: str, settings: ExplainSettings = ExplainSettings()) -> dict:
+def evaluate_explain(
+    info: dict, device: str, settings: ExplainSettings = ExplainSettings(), sae_spec: SAESpec = SAESpec.toy()
+) -> dict:
     """The Explain tab's scores on the toy LLaVA (see the module docstring)."""
     vlm = resident_vlm(VLMSpec.toy(), device)
-    explainer = Explainer(vlm, resident_sae(SAESpec.toy(), device), None)
+    explainer = Explainer(vlm, resident_sae(sae_spec, device), None)
     latents = [i for i, s in enumerate(info["scores"]) if s >= EXPLAIN_MIN_AUROC and info["labels"][i] != "inactive"]
     start = time.time()
     done = [explainer.explain(i, settings) for i in latents]
@@ -356,7 +358,7 @@ def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 20
         "vocabulary_label_accuracy": naming["accuracy"],
         "index_top1_concept_match": concept_match["match"],
         **(evaluate_diff(workbench, info) if TOY_SHORTCUT_DIR.is_dir() else {}),
-        **(evaluate_explain(info, str(workbench.device)) if TOY_VLM_DIR.is_dir() else {}),
+        **(evaluate_explain(info, str(workbench.device), sae_spec=workbench.sae_spec) if TOY_VLM_DIR.is_dir() else {}),
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),
@@ -395,9 +397,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--scenes", type=int, default=150, help="held-out scenes for the attribution metrics")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when present)")
+    parser.add_argument(
+        "--sae", default=str(SAESpec.toy().path),
+        help="an SAE of the toy CLIP to score instead of the shipped one (e.g. a rebuilt toy_sae directory); the "
+        "feature index is then built on the spot unless the shipped one fits it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    result = evaluate(load_workbench(ModelSpec.toy(), SAESpec.toy(), args.device), n_scenes=args.scenes)
+    workbench = load_workbench(ModelSpec.toy(), SAESpec(args.sae), args.device)
+    result = evaluate(workbench, n_scenes=args.scenes)
     print_result(result, args.json, width=40)
 
 

@@ -22,6 +22,16 @@ unexplained. Sparsity comes from one of:
 the AuxK loss (Gao et al.): the ``aux_k`` dead latents with the largest pre-activations reconstruct the main
 reconstruction's error, which pulls them back towards the data; weight ``aux_coefficient``.
 
+**Matryoshka** (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka Sparse Autoencoders";
+Nabeshima 2024). A plain SAE splits a general concept into narrower ones ("triangle" into "small triangle" and
+"large triangle") or lets one latent absorb part of another, because nothing rewards a latent for standing alone.
+With ``matryoshka_prefixes`` (e.g. 24, 48, 96, 192, 384: increasing, the last the whole dictionary) the
+reconstruction loss is the mean over the nested prefixes of the dictionary of the error when only the prefix's
+latents reconstruct the input (the same TopK or BatchTopK code, its latents beyond the prefix set to zero). The
+first latents must then reconstruct on their own, which pushes general concepts into them and the refinements into
+later ones. AuxK still serves the whole dictionary's error. Only training changes: the SAE is used as an ordinary
+TopK SAE, so the saved files are the same. Empty (the default) is the plain loss, exactly.
+
 **Input normalisation.** ``dataset_norm`` scales every activation by one constant so that its mean squared
 norm is d_in (SAELens' ``expected_average_only_in``): the learning rate then means the same at every site and
 model. The constant is folded into the saved weights (``b_enc`` and ``b_dec`` divided by it; ``f`` is then in
@@ -98,6 +108,7 @@ class TrainConfig:
     eval_images: int = 256
     calibration_images: int = 256
     checkpoint_every: int = 0
+    matryoshka_prefixes: tuple[int, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,6 +121,9 @@ class TrainConfig:
                 raise UserInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.eval_images < 0 or self.checkpoint_every < 0:
             raise UserInputError("eval_images and checkpoint_every must be 0 or more")
+        if self.matryoshka_prefixes and self.architecture == "relu":
+            raise UserInputError("matryoshka_prefixes needs a TopK kind of SAE (topk or batchtopk), not relu")
+        object.__setattr__(self, "matryoshka_prefixes", tuple(self.matryoshka_prefixes))  # a JSON list reads back
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -146,6 +160,24 @@ def fired_here(f_BS: torch.Tensor) -> tuple[torch.Tensor, int]:
     return (f_BS != 0).any(0), f_BS.shape[0]
 
 
+def check_prefixes(prefixes: tuple[int, ...], d_sae: int) -> None:
+    """Matryoshka prefixes must increase and end at the whole dictionary (latents past the last would learn
+    nothing from the reconstruction)."""
+    increasing = all(b > a for a, b in zip(prefixes, prefixes[1:]))
+    if prefixes and (prefixes[-1] != d_sae or prefixes[0] < 1 or not increasing):
+        raise UserInputError(
+            f"matryoshka_prefixes must be increasing latent counts ending at the dictionary's size {d_sae}; "
+            f"got {list(prefixes)}"
+        )
+
+
+def prefix_losses(sae: SAE, x_BD: torch.Tensor, f_BS: torch.Tensor, prefixes: tuple[int, ...], scale: float):
+    """The normalised squared error of each prefix's reconstruction, ``f[:, :m] @ W_dec[:m] + b_dec``, (P,)."""
+    return torch.stack(
+        [(x_BD - f_BS[:, :m] @ sae.W_dec[:m] - sae.b_dec).pow(2).sum(1).mean() / scale for m in prefixes]
+    )
+
+
 def loss_terms(
     sae: SAE,
     x_BD: torch.Tensor,
@@ -157,18 +189,26 @@ def loss_terms(
     aux_coefficient: float = 1 / 32,
     l1_coefficient: float = 0.0,
     count_fired: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = fired_here,
+    matryoshka_prefixes: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(loss, since_fired_S updated with this batch, parts).
 
     The loss is the reconstruction error normalised by ``scale`` (the data's variance: mean squared distance to
     the mean), plus AuxK over the latents dead after this batch (TopK kinds) or the L1 penalty (relu). ``x_BD``
     is the input as the SAE sees it (already normalised). ``count_fired`` says which latents fired in the batch
-    and on how many tokens: under several processes, summed over all of them."""
+    and on how many tokens: under several processes, summed over all of them. With ``matryoshka_prefixes`` the
+    reconstruction term is the mean of the prefixes' errors (the module docstring); ``mse`` stays the whole
+    dictionary's."""
+    check_prefixes(matryoshka_prefixes, sae.config.d_sae)
     pre_BS = sae.pre_activation(x_BD)
     f_BS = batch_topk(pre_BS, sae.config.k) if architecture == "batchtopk" else sae.activate(pre_BS)
     error_BD = x_BD - sae.decode(f_BS)
     loss = error_BD.pow(2).sum(1).mean() / scale
     parts = {"mse": float(loss.detach())}
+    if matryoshka_prefixes:
+        losses_P = prefix_losses(sae, x_BD, f_BS, matryoshka_prefixes, scale)
+        loss = losses_P.mean()
+        parts["mse_first_prefix"] = float(losses_P[0].detach())
     fired_S, n_tokens = count_fired(f_BS)
     since_fired_S = tokens_since_fired(since_fired_S, fired_S, n_tokens)
     dead_S = since_fired_S > dead_after_tokens
@@ -204,7 +244,7 @@ class TrainingObjective(torch.nn.Module):
         c = self.config
         return loss_terms(
             self.sae, x_BD, scale, since_fired_S, c.dead_after_tokens, c.architecture, c.aux_k,
-            c.aux_coefficient, c.l1_coefficient, self.count_fired,
+            c.aux_coefficient, c.l1_coefficient, self.count_fired, c.matryoshka_prefixes,
         )  # fmt: skip
 
 
@@ -272,6 +312,7 @@ class Trainer:
                 normalize_activations="layer_norm" if config.normalize == "layer_norm" else "none",
             )
         )
+        check_prefixes(config.matryoshka_prefixes, self.sae.config.d_sae)  # before any image is read
         self.step, self.tokens_seen, self.unreadable = 0, 0, set()
         self.since_fired_S = torch.zeros(self.sae.config.d_sae)
         self.input_scale, self.loss_scale = 1.0, 1.0
@@ -450,7 +491,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def check_resumable(directory: Path, config: TrainConfig) -> None:
     """A run resumes only with the recipe it started with (``steps`` may grow: that extends the run)."""
     saved = json.loads((directory / "train_config.json").read_text())
-    differ = [k for k, v in asdict(config).items() if k != "steps" and saved.get(k) != v]
+    wanted = json.loads(json.dumps(asdict(config)))  # tuples as the JSON lists they were saved as
+    differ = [k for k, v in wanted.items() if k != "steps" and saved.get(k) != v]
     if differ:
         raise UserInputError(
             f"cannot resume from {directory}: it was trained with other settings ({', '.join(differ)}); "
@@ -550,6 +592,12 @@ def main(argv: list[str] | None = None) -> None:
         elif f.name in ("architecture", "normalize"):
             choices = ARCHITECTURES if f.name == "architecture" else NORMALIZATIONS
             parser.add_argument(flag, default=getattr(defaults, f.name), choices=choices)
+        elif f.name == "matryoshka_prefixes":
+            parser.add_argument(
+                flag, type=int, nargs="+", default=(),
+                help="Matryoshka loss over these nested prefixes of the dictionary, e.g. 256 1024 4096 (the last "
+                "the whole dictionary: d_in * expansion); default: the plain loss",
+            )  # fmt: skip
         else:
             kind = float if isinstance(getattr(defaults, f.name), float) else int
             parser.add_argument(flag, type=kind, default=getattr(defaults, f.name))

@@ -49,6 +49,7 @@ class ToySAEConfig:
     aux_k: int = 64
     dead_after_tokens: int = 200_000
     label_images: int = 2000
+    matryoshka_prefixes: tuple[int, ...] = ()  # engine.train_sae's Matryoshka loss; () is the plain loss
     seed: int = 1
 
 
@@ -160,8 +161,9 @@ def fit_sae(x_ND: torch.Tensor, config: ToySAEConfig, device: torch.device | str
     for step in range(config.steps):
         x_BD = x_ND[torch.randint(n_tokens, (config.batch_tokens,), generator=generator)].to(device)
         loss, since_fired, parts = loss_terms(
-            sae, x_BD, scale, since_fired, config.dead_after_tokens, "topk", config.aux_k, AUX_COEFFICIENT
-        )
+            sae, x_BD, scale, since_fired, config.dead_after_tokens, "topk", config.aux_k, AUX_COEFFICIENT,
+            matryoshka_prefixes=config.matryoshka_prefixes,
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
