@@ -1,9 +1,6 @@
 """Helpers for tests that serve the app on loopback: a free port, a fine-tuned checkpoint as users bring one,
 and a page of the served app in Debian's Chromium."""
 
-import contextlib
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -11,14 +8,7 @@ from safetensors.torch import save_file
 
 from engine.resident import resident_model
 from engine.specs import ModelSpec
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scripts.screenshot import CHROMIUM, browser_page, free_port  # noqa: F401 - shared with the screenshot tour
 
 
 def perturbed_checkpoint(reference: ModelSpec, block: int, path: Path, seed: int = 0) -> ModelSpec:
@@ -34,24 +24,3 @@ def perturbed_checkpoint(reference: ModelSpec, block: int, path: Path, seed: int
         state[name] = tensor
     save_file(state, str(path))
     return ModelSpec(reference.family, reference.name, str(path))
-
-
-@contextlib.contextmanager
-def browser_page(url: str | None, timeout_s: float, errors: list[str]) -> Iterator:
-    """A 1400x1000 page in headless Chromium (Playwright driving Debian's binary, never its own downloads), at
-    ``url`` when given; uncaught page errors are appended to ``errors``."""
-    from playwright.sync_api import sync_playwright
-
-    from scripts.screenshot import CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(timeout_s * 1000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            if url is not None:
-                page.goto(url, wait_until="domcontentloaded")  # never "networkidle": Gradio keeps a connection open
-            yield page
-        finally:
-            browser.close()

@@ -1,19 +1,18 @@
-"""End to end in a real headless browser: the served page, clicked through as a user would.
+"""End to end in a real headless browser: the served page, clicked through as a user would: the readings, warnings
+and number formats, a failed request, an unavailable model. (Every tab's main action is walked by
+tests/test_browser_tour.py.)
 
 Drives Debian's Chromium (/usr/bin/chromium) with Playwright's sync API; never Playwright's own browser downloads.
 Skipped (with the reason) only when Chromium or the playwright package is missing.
 """
 
 import re
-from pathlib import Path
 
 import pytest
 
 from engine.specs import ASSETS
-from scripts.screenshot import CHROMIUM_ARGS
-from tests.served import free_port
+from tests.served import CHROMIUM, browser_page, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
 LOAD_S, RUN_S = 30, 30  # generous per-step limits; the whole test takes well under a minute on a CPU
 
 sync_api = pytest.importorskip(
@@ -52,68 +51,8 @@ def page_errors() -> list[str]:
 
 @pytest.fixture
 def page(url, page_errors):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(LOAD_S * 1000)
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.goto(url, wait_until="domcontentloaded")  # never "networkidle": Gradio keeps a connection open
-            yield page
-        finally:
-            browser.close()
-
-
-def test_example_attribute_then_steer_in_the_browser(page, page_errors, tmp_path):
-    first_example = sorted((ASSETS / "examples").glob("*.png"))[0].name
-    thumbnail = page.locator(f'button.gallery-item:has(img[src$="/{first_example}"])')
-    try:
-        expect(thumbnail).to_be_visible(timeout=LOAD_S * 1000)
-    except AssertionError as error:
-        raise AssertionError(
-            f"the example {first_example} never showed in the 'Toy-world examples' set; errors in the page: "
-            f"{page_errors or 'none'} (a 404 on /gradio_api/custom_component/ means a component's frontend is missing)"
-        ) from error
-    thumbnail.click()
-    # The example lands in the shared image input, shown at a readable size (the toy images are 48 px).
-    shown = page.locator(f'[data-testid="image"] .image-frame img[src$="/{first_example}"]')
-    expect(shown).to_be_visible()
-    box = shown.bounding_box()
-    assert box is not None and box["width"] >= 200 and box["height"] >= 200, box
-
-    # Attribution.
-    page.get_by_role("button", name="Attribute", exact=True).click()
-    summary = page.get_by_test_id("markdown").filter(has_text="Prediction:")
-    expect(summary).to_be_visible(timeout=RUN_S * 1000)
-    expect(summary).to_contain_text("faithfulness")
-    top_latents = page.get_by_role("grid", name=re.compile(r"^Top latents"))
-    first_latent = top_latents.get_by_test_id("cell-0-0")
-    expect(first_latent).to_have_text(re.compile(r"^\s*\d+\s*$"), timeout=RUN_S * 1000)
-    assert top_latents.locator('[role="row"][data-index]').count() >= 1
-    latent = first_latent.inner_text().strip()
-
-    # Latents: the selected latent's card, from the shipped toy index (its top images with the latent's heatmap).
-    page.get_by_role("tab", name="Latents").click()
-    card_title = page.get_by_test_id("markdown").filter(has_text=f"latent {latent}:")
-    expect(card_title).to_be_visible(timeout=RUN_S * 1000)
-    expect(card_title).to_contain_text("fires on (images)")
-    expect(page.locator('[data-testid="gallery"] img, .gallery img, button.thumbnail-item img').first).to_be_visible()
-
-    # Steering: the top latent carried over into the latent ids; removing it shows before and after.
-    page.get_by_role("tab", name="Steering").click()
-    latent_ids = page.get_by_label("Latent ids (comma-separated)")
-    expect(latent_ids).to_be_visible()
-    expect(latent_ids).to_have_value(latent)
-    page.get_by_role("button", name="Steer", exact=True).click()
-    steer_summary = page.get_by_test_id("markdown").filter(has_text="Before:")
-    expect(steer_summary).to_be_visible(timeout=RUN_S * 1000)
-    expect(steer_summary).to_contain_text("after:")
-    expect(page.get_by_role("grid", name="Probabilities before and after").get_by_test_id("cell-0-0")).not_to_be_empty()
-
-    shot = tmp_path / "steering.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 0
-    assert not page_errors, f"errors in the page: {page_errors}"
+    with browser_page(url, LOAD_S, page_errors) as page:
+        yield page
 
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]\d+)?")
@@ -203,22 +142,4 @@ def test_an_unavailable_model_sends_the_menu_back_and_keeps_the_boxes(page, page
     page.locator(f'button.gallery-item:has(img[src$="/{first_example}"])').click()
     page.get_by_role("button", name="Attribute", exact=True).click()
     expect(page.get_by_test_id("markdown").filter(has_text="The model says")).to_be_visible(timeout=RUN_S * 1000)
-    assert not page_errors, f"errors in the page: {page_errors}"
-
-
-def test_the_diff_tab_names_the_planted_shortcut_and_localises_it(page, page_errors):
-    """The Diff tab walked as a user would: diff the toy pair, then patch on an example with the marker."""
-    marker_example = next(p.name for p in sorted((ASSETS / "examples").glob("*_marker.png")))
-    thumbnail = page.locator(f'button.gallery-item:has(img[src$="/{marker_example}"])')
-    expect(thumbnail).to_be_visible(timeout=LOAD_S * 1000)
-    thumbnail.click()
-    page.get_by_role("tab", name="Diff").click()
-    page.get_by_label("Probe set").fill("24")
-    page.get_by_role("button", name="Diff the checkpoints").click()
-    summary = page.get_by_test_id("markdown").filter(has_text="predictions changed")
-    expect(summary).to_contain_text("marker=present", timeout=RUN_S * 1000)
-    page.get_by_role("button", name="Patch", exact=True).click()
-    patched = page.get_by_test_id("markdown").filter(has_text="Denoising restores")
-    expect(patched).to_contain_text("noising is shown apart", timeout=RUN_S * 1000)
-    expect(page.locator('img[src*="patch_denoising0_"]').first).to_be_visible(timeout=RUN_S * 1000)
     assert not page_errors, f"errors in the page: {page_errors}"
