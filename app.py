@@ -53,8 +53,9 @@ from engine.sources import HUB_PREFIX, AllowedDirs, local_model_paths  # noqa: E
 from engine.specs import TOY_SHORTCUT_DIR, TOY_VLM_DIR, VLMSpec  # noqa: E402
 
 QUEUE_MAX_SIZE = 64
-"""Requests that may wait in the queue; beyond it Gradio answers "Queue is full" at once instead of letting
-waits grow without bound."""
+"""Requests that may wait in the queue; beyond it the app answers at once that it is busy (:func:`busy_answer`)
+instead of letting waits grow without bound."""
+BUSY_RETRY_AFTER_S = 60
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=1, help="requests computed at once per endpoint (the rest wait in the queue)"
     )
     parser.add_argument(
-        "--queue-size", type=int, default=QUEUE_MAX_SIZE, help="requests that may wait; more are refused"
+        "--queue-size", type=int, default=QUEUE_MAX_SIZE, help="requests that may wait; more are told it is busy"
     )
     args = parser.parse_args(argv)
     if len(args.model) != len(args.sae):
@@ -268,18 +269,59 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def busy_message(queue_size: int) -> str:
+    waiting = f"{queue_size} request{'' if queue_size == 1 else 's'}"
+    return f"The server is busy ({waiting} waiting, the limit). Please try again in a minute."
+
+
+def busy_answer(queue_size: int):
+    """A FastAPI exception handler that answers a request refused by the full queue with HTTP 429 Too Many Requests,
+    ``Retry-After`` and :func:`busy_message`, instead of Gradio's 503 "Queue is full. Max size is N and size is N.";
+    every other HTTP error keeps FastAPI's own answer.
+
+    Why a handler: Gradio refuses at ``/queue/join`` by raising ``HTTPException(503, "Queue is full...")`` and has
+    no setting for that text; FastAPI's ``exception_handlers``, passed through Gradio's public
+    ``launch(app_kwargs=...)``, is the supported place to shape an HTTP error (the one coupling to Gradio is the
+    "Queue is full" prefix it is recognised by, which a test pins). Why 429 rather than Gradio's 503: Gradio's
+    frontend shows its own fixed text for a 503 whatever the body says, and the body's ``detail`` for any other
+    error status; 429 (RFC 6585) is the status that means "too many requests, retry after". gradio_client turns a
+    503 into its QueueError with its own fixed text, and a 429 into ``httpx.HTTPStatusError`` ("429 Too Many
+    Requests") whose ``response.json()["detail"]`` is this message.
+    """
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import JSONResponse
+
+    async def answer(request, error):
+        if error.status_code == 503 and str(error.detail).startswith("Queue is full"):
+            return JSONResponse(
+                {"detail": busy_message(queue_size)},
+                status_code=429,
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+            )
+        return await http_exception_handler(request, error)
+
+    return answer
+
+
 def serve(app, host: str, port: int, concurrency: int = 1, queue_size: int = 0, **launch) -> None:
     """Queue and launch with the limits a public server needs: uploads above engine.images.MAX_UPLOAD_BYTES are
     refused by Gradio before it stores them, and at most ``queue_size`` requests wait (default
-    :data:`QUEUE_MAX_SIZE`; more are answered at once with Gradio's "Queue is full"). The CLI, the Space and the
-    served tests all launch through here."""
+    :data:`QUEUE_MAX_SIZE`; more are answered at once that the server is busy, :func:`busy_answer`). The CLI, the
+    Space and the served tests all launch through here."""
     import gradio as gr
+    from starlette.exceptions import HTTPException
 
     from engine.images import MAX_UPLOAD_BYTES
     from ui.layout import APP_CSS
 
-    options = dict(theme=gr.themes.Soft(), css=APP_CSS, show_error=True, max_file_size=MAX_UPLOAD_BYTES)
-    app.queue(default_concurrency_limit=concurrency, max_size=queue_size or QUEUE_MAX_SIZE).launch(
+    queue_size = queue_size or QUEUE_MAX_SIZE
+    app_kwargs = launch.pop("app_kwargs", None) or {}
+    handlers = {HTTPException: busy_answer(queue_size), **app_kwargs.get("exception_handlers", {})}
+    options = dict(
+        theme=gr.themes.Soft(), css=APP_CSS, show_error=True, max_file_size=MAX_UPLOAD_BYTES,
+        app_kwargs={**app_kwargs, "exception_handlers": handlers},
+    )  # fmt: skip
+    app.queue(default_concurrency_limit=concurrency, max_size=queue_size).launch(
         server_name=host, server_port=port, **{**options, **launch}
     )
 

@@ -1,6 +1,7 @@
 """Many users at once, through the served app: 16 gradio_client clients firing a mix of every endpoint (two
 models, different images, edits and modes, the Diff tab's endpoints) get exactly what the same requests get one
-at a time; a full queue answers at once with Gradio's "Queue is full"; outputs leave no files behind."""
+at a time; a full queue answers at once that the server is busy (to gradio_client and in the browser), and the
+server serves on; outputs leave no files behind."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 
 from engine.bench import random_sae
 from engine.cards import SORTS
@@ -22,7 +25,7 @@ from engine.specs import ASSETS, PHOTOS_DIR, TOY_SHORTCUT_DIR, TOY_VLM_DIR, Mode
 from ui import share
 
 from .conftest import SHAPES
-from .served import free_port
+from .served import CHROMIUM, browser_page, free_port
 
 LABELS = ", ".join(SHAPES)
 VIT = "ViT-B-32 (random weights) + random SAE"
@@ -166,10 +169,22 @@ def small_queue_url(workbench):
     app.close()
 
 
+SLOW_DIFF = (TOY_DIFF.name, "128", LABELS, "a {}", 5, None)  # seconds on this CPU: long enough to fill the queue
+
+
+def refusal(error: Exception) -> tuple:
+    """What a client learns from a refused request: status, Retry-After and message (gradio_client raises
+    httpx.HTTPStatusError for any error status other than 503 and 422, with the server's answer attached)."""
+    assert isinstance(error, httpx.HTTPStatusError), repr(error)
+    response = error.response
+    return response.status_code, response.headers.get("retry-after"), response.json()["detail"]
+
+
 @pytest.mark.skipif(not TOY_SHORTCUT_DIR.is_dir(), reason="the toy pair's assets are not built")
 def test_a_full_queue_answers_busy_at_once_and_the_server_recovers(small_queue_url):
-    """One request computing and one waiting fill a queue of size 1; the others are told at once."""
-    slow = (TOY_DIFF.name, "128", LABELS, "a {}", 5, None)
+    """One request computing and one waiting fill a queue of size 1; the others are told at once, in words."""
+    from app import BUSY_RETRY_AFTER_S, busy_message
+
     clients = [Client(small_queue_url, verbose=False) for _ in range(6)]
     start = threading.Barrier(len(clients))
 
@@ -177,19 +192,56 @@ def test_a_full_queue_answers_busy_at_once_and_the_server_recovers(small_queue_u
         start.wait()
         began = time.perf_counter()
         try:
-            client.predict(*slow, api_name="/diff")
+            client.predict(*SLOW_DIFF, api_name="/diff")
             return "done", time.perf_counter() - began
-        except Exception as error:  # noqa: BLE001 - the message is what is checked
-            return str(error), time.perf_counter() - began
+        except Exception as error:  # noqa: BLE001 - what the client is told is what is checked
+            return refusal(error), time.perf_counter() - began
 
     with ThreadPoolExecutor(len(clients)) as pool:
         outcomes = list(pool.map(fire, clients))
-    refused = [(text, seconds) for text, seconds in outcomes if text != "done"]
-    done = [seconds for text, seconds in outcomes if text == "done"]
+    refused = [(told, seconds) for told, seconds in outcomes if told != "done"]
+    done = [seconds for told, seconds in outcomes if told == "done"]
     assert refused and done, outcomes
-    assert all("Queue is full" in text for text, _ in refused), refused
+    busy = (429, str(BUSY_RETRY_AFTER_S), busy_message(1))
+    assert all(told == busy for told, _ in refused), refused
+    assert busy[2] == "The server is busy (1 request waiting, the limit). Please try again in a minute."
     assert max(seconds for _, seconds in refused) < min(done), outcomes  # refused at once, not after waiting
     table, *_ = Client(small_queue_url, verbose=False).predict(
         handle_file(EXAMPLES[0]), LABELS, "a {}", "3", "0", "scale", "", api_name="/steer"
     )
     assert len(table["data"]) == len(SHAPES)
+
+
+def fill_queue(url: str) -> list:
+    """Two slow requests on a queue of size 1 (one computing, one waiting), once both are in."""
+    jobs = [Client(url, verbose=False).submit(*SLOW_DIFF, api_name="/diff") for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while any(job.status().code in (Status.STARTING, Status.JOINING_QUEUE) for job in jobs):
+        assert time.monotonic() < deadline, [job.status() for job in jobs]
+        time.sleep(0.05)
+    assert not any(job.done() for job in jobs), "the slow requests finished before the check: make them slower"
+    return jobs
+
+
+@pytest.mark.skipif(not TOY_SHORTCUT_DIR.is_dir(), reason="the toy pair's assets are not built")
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing")
+def test_a_full_queue_tells_the_browser_it_is_busy(small_queue_url):
+    """The page shows the busy message in its error toast (Gradio's frontend shows a 503 only as its own fixed
+    text: the reason for 429), then serves the same click once the queue has room."""
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from playwright.sync_api import expect
+
+    from app import busy_message
+
+    errors: list[str] = []
+    with browser_page(small_queue_url, 60, errors) as page:
+        page.locator(f'button.gallery-item:has(img[src$="/{Path(EXAMPLES[0]).name}"])').click()
+        jobs = fill_queue(small_queue_url)
+        page.get_by_role("button", name="Attribute", exact=True).click()
+        expect(page.get_by_text(busy_message(1))).to_be_visible()
+        expect(page.get_by_text("Queue is full")).to_have_count(0)
+        for job in jobs:
+            job.result(timeout=120)
+        page.get_by_role("button", name="Attribute", exact=True).click()
+        expect(page.get_by_test_id("markdown").filter(has_text="The model says")).to_be_visible(timeout=60_000)
+    assert not errors, f"errors in the page: {errors}"
