@@ -41,13 +41,20 @@ class Attribution:
 
     def top(self, k: int) -> list[int]:
         """Active latents (non-zero somewhere on the image) with the largest attribution."""
-        return ranked_active(self.scores_S, self.state.f_TS)[:k]
+        return ranked_active(self.scores_S, self.state.f_sparse_TS)[:k]
 
 
 def ranked_active(scores_S: torch.Tensor, f_TS: torch.Tensor) -> list[int]:
-    """Latents that fire on the image, by decreasing attribution (inactive latents score 0 by definition)."""
+    """Latents that fire on the image (``f_TS`` dense or sparse), by decreasing attribution (inactive latents
+    score 0 by definition)."""
     order = scores_S.argsort(descending=True)
-    return order[(f_TS != 0).any(0)[order]].tolist()
+    if f_TS.is_sparse:
+        f_TS = f_TS.coalesce()
+        active_S = torch.zeros(f_TS.shape[1], dtype=torch.bool, device=f_TS.device)
+        active_S[f_TS.indices()[1][f_TS.values() != 0]] = True
+    else:
+        active_S = (f_TS != 0).any(0)
+    return order[active_S[order]].tolist()
 
 
 def resolve_target(labels: list[str], logits_L: torch.Tensor, target: str | int | None) -> int:
@@ -77,21 +84,27 @@ def attribute_state(
         logits_1L[0].detach(),
         target,
         float(value.detach()),
-        latent_scores(state.f_TS, grad_1TD[0], workbench.sae.W_dec),
+        latent_scores(state.f_sparse_TS, grad_1TD[0], workbench.sae.W_dec),
     )
 
 
 def latent_scores(f_TS: torch.Tensor, grad_TD: torch.Tensor, W_dec_SD: torch.Tensor) -> torch.Tensor:
     """f[t, i] * (W_dec[i] . grad[t]) for every token and latent, (T, S); computed only where f is non-zero
-    (k per token for a TopK SAE), which is exactly where it can be non-zero.
+    (k per token for a TopK SAE), which is exactly where it can be non-zero. ``f_TS`` may be sparse (a cached
+    image's code), which spares densifying it and searching it for its non-zeros.
 
     >>> f_TS = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
     >>> latent_scores(f_TS, torch.ones(2, 3), torch.eye(2, 3)).tolist()
     [[0.0, 2.0], [1.0, 0.0]]
     """
-    token_K, latent_K = f_TS.nonzero(as_tuple=True)
-    values_K = f_TS[token_K, latent_K] * (grad_TD[token_K] * W_dec_SD[latent_K]).sum(-1)
-    return torch.zeros_like(f_TS).index_put_((token_K, latent_K), values_K)
+    if f_TS.is_sparse:
+        f_TS = f_TS.coalesce()
+        (token_K, latent_K), f_K = f_TS.indices(), f_TS.values()
+    else:
+        token_K, latent_K = f_TS.nonzero(as_tuple=True)
+        f_K = f_TS[token_K, latent_K]
+    values_K = f_K * (grad_TD[token_K] * W_dec_SD[latent_K]).sum(-1)
+    return torch.zeros(f_TS.shape, dtype=f_TS.dtype, device=f_TS.device).index_put_((token_K, latent_K), values_K)
 
 
 def attribute(

@@ -75,6 +75,13 @@ class Edit:
             if abs(s) > MAX_ABS_STRENGTH:
                 raise UserInputError(f"strength must be a finite number within +-{MAX_ABS_STRENGTH:g}; got {s!r}")
 
+    @property
+    def is_noop(self) -> bool:
+        """True when every strength is its mode's identity (1 to scale, 0 to add), or there is no latent: the
+        edit adds exactly zero (see :func:`edit_delta`), so its run is the unedited run."""
+        identity = 1.0 if self.mode == "scale" else 0.0
+        return all(s == identity for s in self.strengths)
+
     @classmethod
     def removal(cls, latents: Sequence[int]) -> Edit:
         """Remove ``latents`` at every token (f_i -> 0)."""
@@ -110,17 +117,31 @@ def edit_delta(
     """What the edit adds to the site activation, (T, D): ``sum_i (f_i' - f_i) * W_dec[i]``. Exactly zero for
     an empty edit or all s = 1. ``directions_KD`` replaces the edited latents' decoder rows (the random
     baseline moves another direction by the same coefficients)."""
+    strengths_1K = torch.tensor([edit.strengths], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    return edit_deltas(f_TS, W_dec_SD, edit, strengths_1K, typical_S, n_prefix_tokens, directions_KD)[0]
+
+
+def edit_deltas(
+    f_TS: torch.Tensor,
+    W_dec_SD: torch.Tensor,
+    edit: Edit,
+    strengths_GK: torch.Tensor,
+    typical_S: torch.Tensor | None,
+    n_prefix_tokens: int,
+    directions_KD: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`edit_delta` for G edits that differ from ``edit`` only in their strengths (a sweep): (G, T, D) in
+    one product, row g with the strengths ``strengths_GK[g]``."""
     n_tokens, d_model = f_TS.shape[0], W_dec_SD.shape[1]
     if not edit.latents:
-        return torch.zeros(n_tokens, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+        return torch.zeros(len(strengths_GK), n_tokens, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
     latents = list(edit.latents)
-    strengths_K = torch.tensor(edit.strengths, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-    mask_T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[:, None]
+    mask_1T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[None, :, None]
     if edit.mode == "scale":
-        coeff_TK = f_TS[:, latents].to(W_dec_SD) * (strengths_K - 1)
+        coeff_GTK = f_TS[:, latents].to(W_dec_SD)[None] * (strengths_GK[:, None, :] - 1)
     else:
-        coeff_TK = (strengths_K * typical_S[latents].to(W_dec_SD)).expand(n_tokens, -1)
-    return (coeff_TK * mask_T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD))
+        coeff_GTK = (strengths_GK * typical_S[latents].to(W_dec_SD))[:, None, :].expand(-1, n_tokens, -1)
+    return (coeff_GTK * mask_1T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD))
 
 
 def check_edit(workbench: Workbench, edit: Edit) -> None:
@@ -147,12 +168,17 @@ def edited_acts(
     n_prefix = workbench.backend.n_prefix_tokens
     acts_BTD = torch.stack([s.acts_TD for s in states])
     f_BTS = [s.f_TS for s in states]  # densified once per image, not once per edit
-    deltas_NBTD = torch.stack(
-        [
-            torch.stack([edit_delta(f_TS, W_dec_SD, edit, typical_S, n_prefix, d) for f_TS in f_BTS])
-            for edit, d in zip(edits, directions, strict=True)
-        ]
-    )
+    # edits that differ only in their strengths (a sweep's rows) get their deltas in one product
+    groups: dict[tuple, list[int]] = {}
+    for n, (edit, direction) in enumerate(zip(edits, directions, strict=True)):
+        key = (edit.latents, edit.mode, edit.patches, None if direction is None else id(direction))
+        groups.setdefault(key, []).append(n)
+    deltas_NBTD = torch.empty(len(edits), *acts_BTD.shape, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    for rows in groups.values():
+        edit, direction = edits[rows[0]], directions[rows[0]]
+        strengths_GK = torch.tensor([edits[n].strengths for n in rows], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+        for b, f_TS in enumerate(f_BTS):
+            deltas_NBTD[rows, b] = edit_deltas(f_TS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
     return acts_BTD.unsqueeze(0) + deltas_NBTD.to(acts_BTD.dtype)
 
 
@@ -164,7 +190,20 @@ def edited_logits(
     text_emb_LE: torch.Tensor,
     directions: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Zero-shot logits (N, B, L) of every edit on every image, in one batched pass through the suffix."""
-    acts_NBTD = edited_acts(workbench, states, edits, directions)
-    n, b = acts_NBTD.shape[:2]
-    return workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)
+    """Zero-shot logits (N, B, L) of every edit on every image, in one batched pass through the suffix. Rows of
+    an edit that changes nothing (:attr:`Edit.is_noop`: the "before" of a comparison, strength 1 in a sweep) are
+    the unedited run, read from the images' cached embeddings (Workbench.clean_image_embeddings) instead of
+    run again: a no-op's row equals the unedited row exactly, and never depends on what else was asked."""
+    for edit in edits:
+        check_edit(workbench, edit)
+    directions = list(directions or [None] * len(edits))
+    changed = [i for i, edit in enumerate(edits) if not edit.is_noop]
+    logits_NBL = torch.empty(len(edits), len(states), text_emb_LE.shape[0], device=text_emb_LE.device)  # float32
+    if changed:
+        acts_NBTD = edited_acts(workbench, states, [edits[i] for i in changed], [directions[i] for i in changed])
+        n, b = acts_NBTD.shape[:2]
+        logits_NBL[changed] = workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)
+    if len(changed) < len(edits):
+        clean_BL = workbench.logits_from_embeddings(workbench.clean_image_embeddings(states), text_emb_LE)
+        logits_NBL[[i for i in range(len(edits)) if i not in changed]] = clean_BL.to(logits_NBL)
+    return logits_NBL

@@ -32,8 +32,8 @@ import logging
 import string
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -229,6 +229,8 @@ class SiteState:
     acts_TD: torch.Tensor
     f_sparse_TS: torch.Tensor  # sparse COO
     error_TD: torch.Tensor
+    clean: dict = field(default_factory=dict, compare=False, repr=False)
+    """Results of the unedited run, filled on first use: ``"image_emb_E"`` (Workbench.clean_image_embeddings)."""
 
     @classmethod
     def build(cls, acts_TD: torch.Tensor, f_TS: torch.Tensor, error_TD: torch.Tensor) -> SiteState:
@@ -289,6 +291,7 @@ class Workbench:
             )
         self.cache_bytes = cache_mb * 2**20
         self._states: OrderedDict[str, SiteState] = OrderedDict()
+        self._states_bytes = 0  # sum of the cached states' nbytes, kept as they come and go
         self._typical_S: torch.Tensor | None = None
 
     # The parts, by the names every technique uses.
@@ -340,8 +343,12 @@ class Workbench:
         """(f_BTS, error_BTD) of site activations. ``f`` is in activation units: an SAE that normalises each
         token (layer_norm, constant_norm_rescale) maps latent i of token t back as f[t, i] * scale[t] * W_dec[i];
         folding the scale into f keeps ``x = f @ W_dec + bias + error`` exact for every edit and attribution."""
-        f_BTS = self.sae.encode(acts_BTD)
-        error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
+        if self.sae.config.architecture == "topk":  # decode from the k active latents alone
+            f_BTS, values_BTK, indices_BTK = self.sae.encode_topk(acts_BTD)
+            error_BTD = acts_BTD - self.sae.decode_topk(values_BTK, indices_BTK, acts_BTD)
+        else:
+            f_BTS = self.sae.encode(acts_BTD)
+            error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
         return f_BTS * self.sae.output_scale(acts_BTD), error_BTD
 
     @torch.no_grad()
@@ -355,7 +362,8 @@ class Workbench:
                 acts_BTD = self.backend.prefix(self.pixels([images[i] for i in missing]), self.site)
                 f_BTS, error_BTD = self.encode(acts_BTD)
                 for j, i in enumerate(missing):
-                    self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
+                    state = self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
+                    self._states_bytes += state.nbytes
             for k in keys:
                 self._states.move_to_end(k)
             states = [self._states[k] for k in keys]
@@ -405,21 +413,44 @@ class Workbench:
     def clear_cache(self) -> None:
         with self.lock:
             self._states.clear()
+            self._states_bytes = 0
 
     def _evict(self) -> None:
-        total = sum(s.nbytes for s in self._states.values())
-        while total > self.cache_bytes and len(self._states) > 1:
+        while self._states_bytes > self.cache_bytes and len(self._states) > 1:
             _, state = self._states.popitem(last=False)
-            total -= state.nbytes
+            self._states_bytes -= state.nbytes
 
     def text_embeddings(self, labels: list[str], template: str | None = None) -> torch.Tensor:
         return self.model.text_embeddings(labels, template)
 
+    @torch.no_grad()
+    def clean_image_embeddings(self, states: Sequence[SiteState]) -> torch.Tensor:
+        """(B, E) float32 image embeddings of the unedited images. The suffix runs once per cached image, then an
+        edit's "before" row, or a held-out batch's, costs a matrix product. Each image runs alone (a batch of
+        one), never beside whatever else a request holds: kernels differ with the batch size in the last bits,
+        and a user's result must not depend on what other requests came first."""
+        with self.lock:
+            for state in {id(s): s for s in states if "image_emb_E" not in s.clean}.values():
+                self.remember_clean_embeddings([state], self.image_embeddings(state.acts_TD.unsqueeze(0)))
+            return torch.stack([s.clean["image_emb_E"] for s in states])
+
+    @staticmethod
+    def remember_clean_embeddings(states: Sequence[SiteState], image_emb_BE: torch.Tensor) -> None:
+        """Keep each state's unedited image embedding (row b of ``image_emb_BE``: the suffix of its own acts)."""
+        for state, image_emb_E in zip(states, image_emb_BE, strict=True):
+            state.clean.setdefault("image_emb_E", image_emb_E.detach().float().clone())
+
+    def image_embeddings(self, acts_BTD: torch.Tensor) -> torch.Tensor:
+        """The suffix from the site: image embeddings (B, E) in float32."""
+        with self.lock:
+            return self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
+
+    def logits_from_embeddings(self, image_emb_BE: torch.Tensor, text_emb_LE: torch.Tensor) -> torch.Tensor:
+        return zeroshot.zero_shot_logits(image_emb_BE, text_emb_LE, self.backend.logit_scale)
+
     def logits_from_acts(self, acts_BTD: torch.Tensor, text_emb_LE: torch.Tensor) -> torch.Tensor:
         """Zero-shot logits (B, L), in float32 whatever the model's dtype (edits may arrive in float32)."""
-        with self.lock:
-            image_emb_BE = self.backend.suffix(acts_BTD.to(self.dtype), self.site).float()
-        return zeroshot.zero_shot_logits(image_emb_BE, text_emb_LE, self.backend.logit_scale)
+        return self.logits_from_embeddings(self.image_embeddings(acts_BTD), text_emb_LE)
 
     @torch.no_grad()
     def typical_activation(self) -> torch.Tensor:

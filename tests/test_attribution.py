@@ -58,6 +58,9 @@ def test_sparse_latent_scores_equal_the_dense_formula(workbench, image):
     grad_TD = torch.randn_like(state.acts_TD)
     dense = state.f_TS * (grad_TD @ workbench.sae.W_dec.T)
     torch.testing.assert_close(attribution.latent_scores(state.f_TS, grad_TD, workbench.sae.W_dec), dense)
+    torch.testing.assert_close(attribution.latent_scores(state.f_sparse_TS, grad_TD, workbench.sae.W_dec), dense)
+    scores_S = dense.sum(0)
+    assert attribution.ranked_active(scores_S, state.f_sparse_TS) == attribution.ranked_active(scores_S, state.f_TS)
 
 
 def test_on_every_shipped_example_the_top_latents_heatmap_lands_on_the_shape(workbench):

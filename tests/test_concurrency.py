@@ -150,12 +150,20 @@ def test_outputs_leave_no_files_behind_in_the_temporary_directory(served):
     assert not {name for name in leaked if name.startswith(("latent", "attribution_", "patch_"))}, leaked
 
 
-def test_old_output_files_are_pruned():
-    stale = share.output_path("stale_", ".png")
-    old = time.time() - share.OUTPUT_MAX_AGE_S - 60
-    os.utime(stale, (old, old))
+def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkeypatch):
+    def stale_file():
+        path = share.output_path("stale_", ".png")
+        old = time.time() - share.OUTPUT_MAX_AGE_S - 60
+        os.utime(path, (old, old))
+        return path
+
+    monkeypatch.setitem(share._pruned, "at", 0.0)  # the last prune long ago
+    first = stale_file()  # this write prunes (nothing stale yet) ...
+    second = stale_file()  # ... and this one, within PRUNE_EVERY_S, does not list the directory again
+    assert first.exists() and second.exists()
+    monkeypatch.setitem(share._pruned, "at", time.time() - share.PRUNE_EVERY_S - 1)
     fresh = share.output_path("fresh_", ".png")
-    assert not stale.exists() and fresh.exists()
+    assert not first.exists() and not second.exists() and fresh.exists()
 
 
 @pytest.fixture(scope="module")

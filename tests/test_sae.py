@@ -33,6 +33,18 @@ def test_topk_keeps_k_nonnegative_latents():
     assert ((f > 0).sum(-1) <= 4).all() and (f >= 0).all()
 
 
+@pytest.mark.parametrize("normalize", ["none", "layer_norm", "constant_norm_rescale"])
+def test_topk_decode_from_the_k_active_latents_equals_the_dense_decode(normalize):
+    sae = random_sae("topk")
+    sae.config = SAEConfig(**{**sae.config.to_dict(), "normalize_activations": normalize})
+    x_BTD = torch.randn(2, 7, 16)
+    f_BTS, values_BTK, indices_BTK = sae.encode_topk(x_BTD)
+    assert torch.equal(f_BTS, sae.encode(x_BTD)) and values_BTK.shape == indices_BTK.shape == (2, 7, 4)
+    torch.testing.assert_close(sae.decode_topk(values_BTK, indices_BTK, x_BTD), sae.decode(f_BTS, x_BTD))
+    with pytest.raises(ValueError, match="topk"):
+        random_sae("relu").encode_topk(x_BTD)
+
+
 def test_load_errors_say_what_was_found(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(SAEFormatError, match=r"found files \['notes.txt'\].*a directory with cfg.json and sae_weights"):

@@ -28,6 +28,37 @@ def test_strength_one_and_empty_edit_are_exact_no_ops(workbench, image):
     assert torch.equal(acts, state.acts_TD)  # not close: equal, bit for bit
 
 
+def test_unedited_rows_come_from_each_images_cached_embedding_and_equal_a_full_forward(workbench, scene_images):
+    images = scene_images[0][:3]
+    """The "before" rows of a comparison run once per image, alone (whatever else the request holds), then come
+    from the cache. They match a plain forward, and a later request's edited rows match a batch without the cache."""
+    text = workbench.text_embeddings(SHAPES)
+    workbench.clear_cache()
+    states = workbench.site_states(images)
+    removal = Edit.removal([int(states[0].f_TS.sum(0).argmax())])
+    rows_seen = []
+    suffix = workbench.backend.suffix
+
+    def counting_suffix(acts_BTD, site):
+        rows_seen.append(acts_BTD.shape[0])
+        return suffix(acts_BTD, site)
+
+    workbench.backend.suffix = counting_suffix
+    try:
+        first = edited_logits(workbench, states, [NO_EDIT, removal], text)
+        assert rows_seen == [3, 1, 1, 1]  # the edited rows in one batch; each image's unedited run alone
+        assert all("image_emb_E" in state.clean for state in states)
+        second = edited_logits(workbench, states, [removal, Edit.removal([]), NO_EDIT], text)
+        assert rows_seen == [3, 1, 1, 1, 3]  # only the edited rows ran
+        for state in states:  # exactly what a request with this image alone computes
+            assert torch.equal(state.clean["image_emb_E"], workbench.image_embeddings(state.acts_TD.unsqueeze(0))[0])
+    finally:
+        workbench.backend.suffix = suffix
+    assert torch.equal(second[1], second[2]) and torch.equal(second[2], first[0])
+    torch.testing.assert_close(first[0], workbench.predict(images, SHAPES))
+    torch.testing.assert_close(second[0], first[1])
+
+
 @pytest.mark.parametrize(
     ("mode", "patches", "strengths"),
     [

@@ -3,12 +3,13 @@
 import logging
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ui import glossary, readings
-from ui.common import overlay, user_errors
+from ui.common import blend, overlay, user_errors
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,22 @@ def test_a_heatmap_is_sharp_has_a_colour_scale_and_the_patch_grid():
     assert out.getpixel((120, 120))[0] > out.getpixel((120, 120))[1]  # the firing patch is red
     scale_row = [out.getpixel((x, 248)) for x in (5, 235)]
     assert scale_row[0][1] > scale_row[1][1]  # the scale goes from pale (0) to red (the maximum)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_composited_heatmap_equals_the_per_pixel_float_blend(signed):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    map_HW = torch.tensor(rng.normal(size=(6, 6)), dtype=torch.float32)
+    if not signed:
+        map_HW = map_HW.clamp_min(0)
+    out = np.asarray(overlay(image, map_HW, size=240, signed=signed), dtype=np.float32)[:240]
+    base = np.asarray(image.resize((240, 240), Image.NEAREST), dtype=np.float32) / 255
+    norm = np.kron((map_HW / map_HW.abs().max()).numpy(), np.ones((40, 40)))
+    reference = blend(base, norm, signed) * 255
+    lines = np.zeros((240, 240), bool)
+    lines[:, 40::40] = lines[40::40, :] = True  # the white patch grid drawn over both
+    assert np.abs(out - reference)[~lines].max() <= 2
 
 
 def test_a_user_error_logs_one_line_and_no_traceback(caplog):

@@ -18,6 +18,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,21 +90,34 @@ def analysis_html(
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "concept-steering-workbench-outputs"
 OUTPUT_MAX_AGE_S = 600
+PRUNE_EVERY_S = 10
 """A handler's output file is needed only until Gradio copies it into its own cache (at once, when the handler
-returns; the app's ``delete_cache`` empties that cache); older ones are removed at the next write, so the
-directory stays bounded by what ten minutes of requests write."""
+returns; the app's ``delete_cache`` empties that cache). Files older than ``OUTPUT_MAX_AGE_S`` are removed by a
+write at most every ``PRUNE_EVERY_S`` (listing the directory on every write cost 15 ms per heatmap once a busy
+server had written a thousand files), so the directory stays bounded by what ten minutes of requests write."""
+_pruned = {"at": 0.0}
+_prune_lock = threading.Lock()
 
 
-def output_path(prefix: str, suffix: str) -> Path:
-    """A fresh, unique path for one output file; removes the outputs older than :data:`OUTPUT_MAX_AGE_S`."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
+def prune_outputs(now: float, force: bool = False) -> None:
+    """Remove the output files older than :data:`OUTPUT_MAX_AGE_S`, unless that was done in the last
+    :data:`PRUNE_EVERY_S` (``force``: regardless)."""
+    with _prune_lock:
+        if not force and now - _pruned["at"] < PRUNE_EVERY_S:
+            return
+        _pruned["at"] = now
     for old in OUTPUT_DIR.iterdir():
         try:
             if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
                 old.unlink()
         except FileNotFoundError:  # removed by a concurrent request
             continue
+
+
+def output_path(prefix: str, suffix: str) -> Path:
+    """A fresh, unique path for one output file (see :data:`PRUNE_EVERY_S` for how old ones go)."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    prune_outputs(time.time())
     handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=OUTPUT_DIR)
     os.close(handle)
     return Path(name)
