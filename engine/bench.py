@@ -29,7 +29,16 @@ prefix like a user's first request does, unless the figure is about the cache.
 * ``sae_train_tokens_per_s``: engine.train_sae's training loop end to end (images read, the model's prefix, the
   SAE's forward, backward and Adam step) on ViT-B/32 (random weights, 24,576 latents, k = 32, noise images) and
   on the toy model (its SAE's size, rendered scenes); ``index_images_per_s``: engine.index's build, the same way.
-  ``python -m engine.bench --only dataset_scale`` measures these two alone (``--only explain`` the next one).
+  ``python -m engine.bench --only dataset_scale`` measures these two alone (``--only explain`` the next one);
+* ``vit_l14_336`` (on a GPU in every run; on a CPU only with ``--only vit_l14_336``, minutes): LLaVA's vision
+  tower (ViT-L/14 at 336 px, random weights) at ``blocks.22.resid_post`` with a random TopK SAE of 65,536 latents
+  (k = 64): ``sweep_vs_ideal`` and ``attribution_vs_forward`` with absolute milliseconds and peak GPU memory, in
+  float32 and bfloat16 on a GPU;
+* ``end_to_end`` (``--only endpoints`` alone): what a user waits for, each endpoint's round trip through the
+  served app against Gradio's floor (engine.bench_endpoints).
+
+Every timer reads :func:`clock`, which waits for queued CUDA kernels first; ``peak_gpu_mb`` is torch's peak
+allocation on the GPU.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import attribution, index, patching, steering, train_sae
+from engine import attribution, bench_endpoints, index, patching, steering, train_sae
 from engine.errors import UnknownChoiceError
 from engine.image_sources import ImageSource, ToyImages
 from engine.report import print_result
@@ -60,7 +69,7 @@ from engine.sources import AllowedDirs
 from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec
 
 log = logging.getLogger(__name__)
-PARTS = ("all", "dataset_scale", "explain")
+PARTS = ("all", "dataset_scale", "explain", "endpoints", "vit_l14_336")
 STRENGTHS = np.linspace(-1, 3, 16).tolist()
 LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
 
@@ -83,6 +92,50 @@ def vit_b32_workbench(directory: Path, device: torch.device, dtype: str = "float
     return load_workbench(spec, SAESpec(str(directory)), str(device), dtype=dtype, allowed=allowed)
 
 
+def vit_l14_336_workbench(directory: Path, device: torch.device, dtype: str = "float32") -> Workbench:
+    """LLaVA's vision tower (open_clip ViT-L/14 at 336 px, random weights) steered at ``blocks.22.resid_post``
+    (where LLaVA reads) with a random TopK SAE of 65,536 latents (k = 64)."""
+    site = "blocks.22.resid_post"
+    random_sae(1024, 65_536, 64, site).save(directory)
+    allowed = AllowedDirs.default([directory])
+    spec = ModelSpec("open_clip", "ViT-L-14-336")
+    return load_workbench(spec, SAESpec(str(directory)), str(device), dtype=dtype, allowed=allowed)
+
+
+def peak_gpu_mb(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+
+
+def large_model(device: torch.device, repeats: int, dtypes: tuple[str, ...]) -> dict:
+    """``sweep_vs_ideal`` and ``attribution_vs_forward`` with absolute milliseconds (and peak GPU memory) on
+    ViT-L/14-336 with 65,536 latents, per dtype. The naive and nnsight loops are left out: 16 full forwards of
+    this model per request are what nobody should wait for, and on a CPU they would take minutes."""
+    out = {}
+    for dtype in dtypes:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with tempfile.TemporaryDirectory() as tmp:
+            workbench = vit_l14_336_workbench(Path(tmp), device, dtype)
+            images, latent = Images(336), 7
+            ratio, t_ideal, t_ours = interleaved_ratio(
+                sweep_ideal(workbench, images, latent), sweep_ours(workbench, images, latent), repeats
+            )
+            a_ratio, t_forward, t_attr = interleaved_ratio(
+                forward_with_sae(workbench, images), attribute_ours(workbench, images), repeats
+            )
+            out[dtype] = {
+                "sweep_vs_ideal": round(ratio, 3),
+                "sweep_ms": round(t_ours * 1000, 1),
+                "sweep_ideal_ms": round(t_ideal * 1000, 1),
+                "attribution_vs_forward": round(a_ratio, 3),
+                "attribution_ms": round(t_attr * 1000, 1),
+                "forward_ms": round(t_forward * 1000, 1),
+                "peak_gpu_mb": peak_gpu_mb(device),
+            }
+            del workbench
+    return out
+
+
 class Images:
     """A stream of distinct random images (so that no request hits the prefix cache by accident)."""
 
@@ -93,15 +146,23 @@ class Images:
         return Image.fromarray(self.rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8))
 
 
+def clock() -> float:
+    """Seconds, read after every queued CUDA kernel has finished: GPU work is asynchronous, so without the sync
+    a timer reads when the launches returned, not when the results exist."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def interleaved_ratio(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float, float]:
     """Median of time(b) / time(a) over interleaved runs, with the median times (a, b) in seconds."""
     a(), b()  # warm-up
     ta, tb = [], []
     for _ in range(repeats):
         for fn, times in ((a, ta), (b, tb)):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     ratios = [y / x for x, y in zip(ta, tb, strict=True)]
     return statistics.median(ratios), statistics.median(ta), statistics.median(tb)
 
@@ -168,6 +229,10 @@ def sweep_ideal(workbench: Workbench, images: Images, latent: int):
             return backend.suffix(acts_NTD, workbench.site).float() @ text_emb_LE.T
 
     return run
+
+
+def attribute_ours(workbench: Workbench, images: Images):
+    return lambda: attribution.attribute(workbench, images(), LABELS)
 
 
 def forward_with_sae(workbench: Workbench, images: Images):
@@ -261,8 +326,9 @@ def speed_ratios(workbench: Workbench, images: Images, latent: int, repeats: int
         sweep_ideal(workbench, images, latent), sweep_ours(workbench, images, latent), repeats
     )
     out["sweep_vs_ideal"] = round(ratio, 3)
-    attribute = lambda: attribution.attribute(workbench, images(), LABELS)  # noqa: E731
-    ratio, _, t_attr = interleaved_ratio(forward_with_sae(workbench, images), attribute, repeats)
+    ratio, _, t_attr = interleaved_ratio(
+        forward_with_sae(workbench, images), attribute_ours(workbench, images), repeats
+    )
     out["attribution_vs_forward"] = round(ratio, 3)
     out["attribution_seconds"] = round(t_attr, 4)
     first, second = same_image_sweeps(workbench, images, latent)
@@ -280,16 +346,16 @@ def patching_sweep(workbench: Workbench, images: Images, naive_sample: int | Non
     text_emb_LE = workbench.text_embeddings(LABELS)
     source_image, target_image = images(), images()
     with workbench.lock:
-        start = time.perf_counter()
+        start = clock()
         source = patching.run(backend, workbench.pixels([source_image]), text_emb_LE, workbench.dtype)
         target = patching.run(backend, workbench.pixels([target_image]), text_emb_LE, workbench.dtype)
         patching.patch_grid(backend, source, target, text_emb_LE, 0, dtype=workbench.dtype)
-        ours = time.perf_counter() - start
+        ours = clock() - start
     n_tokens = source.resid_LTD.shape[1]
     patches = [(block, token) for block in range(backend.n_blocks) for token in [None, *range(n_tokens)]]
     sample = patches if naive_sample is None else patches[:: max(1, len(patches) // naive_sample)][:naive_sample]
     pixels = workbench.pixels([target_image])
-    start = time.perf_counter()
+    start = clock()
     for block, token in sample:
 
         def write(module, inputs, output, block=block, token=token):
@@ -302,7 +368,7 @@ def patching_sweep(workbench: Workbench, images: Images, naive_sample: int | Non
 
         with torch.no_grad(), workbench.model.hooked([(backend.site_module(f"blocks.{block}.resid_post"), write)]):
             backend.encode_image(pixels)
-    naive = (time.perf_counter() - start) * len(patches) / len(sample)
+    naive = (clock() - start) * len(patches) / len(sample)
     return {
         "patches": len(patches),
         "seconds_ours": round(ours, 4),
@@ -363,10 +429,10 @@ def sae_training_speed(backend, source: ImageSource, config: train_sae.TrainConf
     trainer.calibrate()
     trainer.prepare()
     trainer.train_step()
-    tokens, start = trainer.tokens_seen, time.perf_counter()
+    tokens, start = trainer.tokens_seen, clock()
     for _ in range(config.steps - 1):
         trainer.train_step()
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     return {
         "tokens_per_s": round((trainer.tokens_seen - tokens) / seconds, 1),
         "tokens_per_step": (trainer.tokens_seen - tokens) // (config.steps - 1),
@@ -378,9 +444,9 @@ def index_speed(workbench: Workbench, source: ImageSource, batch_images: int) ->
     """Images per second through engine.index (reading, the prefix, the SAE encode, the accumulation), after a
     warm-up batch."""
     index.build_index(workbench, NoiseImages(batch_images, source.load(0).size[0], seed=99), batch_images=batch_images)
-    start = time.perf_counter()
+    start = clock()
     index.build_index(workbench, source, batch_images=batch_images)
-    return round(len(source) / (time.perf_counter() - start), 1)
+    return round(len(source) / (clock() - start), 1)
 
 
 def dataset_scale(vit: Workbench, toy: Workbench) -> dict:
@@ -425,6 +491,10 @@ def run(
         raise UnknownChoiceError("part", only, PARTS)
     if only == "explain":
         return {**result, "explain": explain_speed(device, repeats)}
+    if only == "endpoints":
+        return {**result, **bench_endpoints.run(max(repeats, 8), device)}
+    if only == "vit_l14_336":
+        return {**result, "vit_l14_336": large_model(device, repeats, large_dtypes(device, dtype))}
     if only == "dataset_scale":
         with tempfile.TemporaryDirectory() as tmp:
             toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
@@ -438,6 +508,7 @@ def run(
         result["rss_mb_by_quarter"] = marks
         result["cache_mb_budget"] = workbench.cache_bytes // 2**20
         result["patching_sweep"] = patching_sweep(workbench, images, NAIVE_PATCH_SAMPLE)
+        result["peak_gpu_mb"] = peak_gpu_mb(device)
         toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
         scale = dataset_scale(workbench, toy)
         result.update(scale["vit_b32"])
@@ -447,9 +518,17 @@ def run(
     result["toy"].update(scale["toy"])
     if TOY_VLM_DIR.is_dir():
         result["explain"] = explain_speed(device, repeats)
+    if device.type == "cuda":  # minutes on a CPU: there, ask for it alone (--only vit_l14_336)
+        result["vit_l14_336"] = large_model(device, repeats, large_dtypes(device, dtype))
+    result["end_to_end"] = bench_endpoints.run(max(repeats, 8), device)
     if with_cold_start:
         result["cold_start_s"] = round(cold_start_seconds(), 2)
     return result
+
+
+def large_dtypes(device: torch.device, dtype: str) -> tuple[str, ...]:
+    """float32 and bfloat16 on a GPU; the asked dtype alone on a CPU (bfloat16 matmuls there are emulated)."""
+    return ("float32", "bfloat16") if device.type == "cuda" else (dtype,)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -459,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=200, help="distinct images for the memory figure")
     parser.add_argument("--dtype", default="float32", help="model and SAE precision (bfloat16/float16 on a GPU)")
     parser.add_argument(
-        "--only", default="all", choices=PARTS, help="all figures, or the dataset-scale or explain ones alone"
+        "--only", default="all", choices=PARTS, help="all figures, or one part alone (see the module docstring)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")

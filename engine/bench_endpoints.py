@@ -229,17 +229,19 @@ def engine_calls(workbench: Workbench, labels: list[str], template: str, latent:
 
 
 def time_engine(calls: dict[str, Callable], files: list[str], repeats: int) -> dict[str, float]:
+    from engine.bench import clock
+
     fresh = iter(files)
     out = {}
     for name, fn in calls.items():
         seconds = []
         for i in range(repeats + 1):
             image = read_image(next(fresh))
-            start = time.perf_counter()
+            start = clock()
             with torch.no_grad():
                 fn(image)
             if i:
-                seconds.append(time.perf_counter() - start)
+                seconds.append(clock() - start)
         out[name] = round(statistics.median(seconds) * 1000, 1)
     return out
 
