@@ -66,6 +66,7 @@ from engine.edits import NO_EDIT, Edit, edited_acts, edited_logits
 from engine.explain import Explainer, ExplainSettings
 from engine.report import print_result
 from engine.resident import SiteState, Workbench, load_workbench, resident_sae
+from engine.sources import AllowedDirs
 from engine.specs import TOY_SHORTCUT_DIR, TOY_VLM_DIR, ModelSpec, SAESpec, VLMSpec
 from engine.toyworld import captions, train_clip, train_sae, train_shortcut, train_vlm
 from engine.toyworld.render import FACTORS, IMAGE_SIZE, Scene, render, render_batch, sample_scenes
@@ -236,11 +237,11 @@ def side_effect(workbench: Workbench, state: SiteState, scene: Scene, factor: st
 DIFF_PROBE_SCENES = 64
 
 
-def evaluate_diff(workbench: Workbench, info: dict) -> dict:
+def evaluate_diff(workbench: Workbench, info: dict, allowed: AllowedDirs | None = None) -> dict:
     """The Diff tab's scores on the toy pair (see the module docstring)."""
     config = train_shortcut.ShortcutConfig()
     labels = list(FACTORS["shape"])
-    intervened = load_workbench(ModelSpec.toy_shortcut(), workbench.sae_spec, str(workbench.device))
+    intervened = load_workbench(ModelSpec.toy_shortcut(), workbench.sae_spec, str(workbench.device), allowed=allowed)
     pair = diff.DiffPair(workbench, intervened)
     images, truth, scenes = heldout.toy_probe(DIFF_PROBE_SCENES, labels)
     behaviour = diff.behaviour_shift(pair, images, labels, "a {}", truth)
@@ -282,11 +283,15 @@ def evaluate_diff(workbench: Workbench, info: dict) -> dict:
 
 
 def evaluate_explain(
-    info: dict, device: str, settings: ExplainSettings = ExplainSettings(), sae_spec: SAESpec = SAESpec.toy()
+    info: dict,
+    device: str,
+    settings: ExplainSettings = ExplainSettings(),
+    sae_spec: SAESpec = SAESpec.toy(),
+    allowed: AllowedDirs | None = None,
 ) -> dict:
     """The Explain tab's scores on the toy LLaVA (see the module docstring)."""
     vlm = resident_vlm(VLMSpec.toy(), device)
-    explainer = Explainer(vlm, resident_sae(sae_spec, device), None)
+    explainer = Explainer(vlm, resident_sae(sae_spec, device, allowed=allowed), None)
     latents = [i for i, s in enumerate(info["scores"]) if s >= EXPLAIN_MIN_AUROC and info["labels"][i] != "inactive"]
     start = time.time()
     done = [explainer.explain(i, settings) for i in latents]
@@ -313,7 +318,15 @@ def evaluate_explain(
     }
 
 
-def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 2000, n_zero_shot: int = 1000) -> dict:
+def evaluate(
+    workbench: Workbench,
+    n_scenes: int = 150,
+    n_label_images: int = 2000,
+    n_zero_shot: int = 1000,
+    allowed: AllowedDirs | None = None,
+) -> dict:
+    """Every score of the module docstring; ``allowed`` lets the Diff and Explain parts read the workbench's SAE
+    where the operator allowed it (an SAE outside assets/)."""
     start = time.time()
     tokens = train_clip.CaptionTokens(workbench.backend.model.context_length)
     accuracy = train_clip.zero_shot_accuracy(workbench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
@@ -357,8 +370,12 @@ def evaluate(workbench: Workbench, n_scenes: int = 150, n_label_images: int = 20
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
         "vocabulary_label_accuracy": naming["accuracy"],
         "index_top1_concept_match": concept_match["match"],
-        **(evaluate_diff(workbench, info) if TOY_SHORTCUT_DIR.is_dir() else {}),
-        **(evaluate_explain(info, str(workbench.device), sae_spec=workbench.sae_spec) if TOY_VLM_DIR.is_dir() else {}),
+        **(evaluate_diff(workbench, info, allowed) if TOY_SHORTCUT_DIR.is_dir() else {}),
+        **(
+            evaluate_explain(info, str(workbench.device), sae_spec=workbench.sae_spec, allowed=allowed)
+            if TOY_VLM_DIR.is_dir()
+            else {}
+        ),
         "details": {
             "scenes": n_scenes,
             "pairs": len(pairs),
@@ -404,8 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    workbench = load_workbench(ModelSpec.toy(), SAESpec(args.sae), args.device)
-    result = evaluate(workbench, n_scenes=args.scenes)
+    allowed = AllowedDirs.default().with_paths([args.sae])  # the operator named it
+    workbench = load_workbench(ModelSpec.toy(), SAESpec(args.sae), args.device, allowed=allowed)
+    result = evaluate(workbench, n_scenes=args.scenes, allowed=allowed)
     print_result(result, args.json, width=40)
 
 
