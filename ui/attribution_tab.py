@@ -12,6 +12,7 @@ from ui.common import (
     AppContext,
     ModelContext,
     clear_on_failure,
+    heatmap_files,
     load_image,
     overlay,
     parse_labels,
@@ -60,11 +61,12 @@ def run_attribution(ctx: ModelContext, image, labels_text, template, target, met
     if explained:  # the Explain tab's words for each latent, where it has explained them
         table["explanation"] = [explained.get(i, "") for i in latents]
     grid = workbench.backend.grid
-    gallery = []
-    for i in latents[:6]:
-        map_HW = attribution.patch_map(f_TS[:, i], grid)
-        blank = " (class token only: blank map)" if float(map_HW.abs().max()) == 0 else ""
-        gallery.append((save_png(overlay(picture, map_HW), f"latent{i}_"), f"#{i} {names[i][0]}{blank}"))
+    maps = [(attribution.patch_map(f_TS[:, i], grid), f"latent{i}_") for i in latents[:6]]
+    captions = [
+        f"#{i} {names[i][0]}" + (" (class token only: blank map)" if float(map_HW.abs().max()) == 0 else "")
+        for i, (map_HW, _) in zip(latents, maps, strict=False)
+    ]
+    gallery = list(zip(heatmap_files(picture, maps), captions, strict=True))
     faith = attribution.faithfulness(workbench, result, k=top_k, template=template)
     faith_table = pd.DataFrame(
         {"latent": faith["latents"], "predicted_drop": faith["predicted"], "actual_drop": faith["actual"]}

@@ -16,7 +16,15 @@ import torch
 from engine import attribution, diff, heldout, patching
 from engine.specs import ModelSpec
 from ui import readings, share
-from ui.common import AppContext, ImageInput, clear_on_failure, load_image, overlay, parse_labels, save_png, user_errors
+from ui.common import (
+    AppContext,
+    ImageInput,
+    clear_on_failure,
+    heatmap_files,
+    load_image,
+    parse_labels,
+    user_errors,
+)
 
 PROBE_HELP = (
     "Toy pair: the number of freshly rendered scenes. Real pair: a folder of images inside a directory the "
@@ -140,7 +148,7 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
             what += " · **Gaussian noise is out of distribution: it can make any place look important**"
     else:
         raise ValueError(f"unknown patching mode {mode!r}; valid: models, intervened, reference")
-    gallery, rows = [], []
+    maps, captions, rows = [], [], []
     for direction in ("denoising", "noising"):
         grid = result[direction]
         for block, recovered in enumerate(grid["all_tokens_recovered"]):
@@ -149,8 +157,10 @@ def run_patch(app: AppContext, pair_name, image, counterfactual, labels_text, te
             caption = f"{direction}, after block {block}: all tokens {as_share(recovered)}"
             if workbench.backend.n_prefix_tokens:
                 caption += f", class token {as_share(grid['per_token_recovered'][block][0])}"
-            gallery.append((save_png(overlay(picture, map_HW, signed=True), f"patch_{direction}{block}_"), caption))
+            maps.append((map_HW, f"patch_{direction}{block}_"))
+            captions.append(caption)
             rows.append({"direction": direction, "block": block, "all_tokens_recovered": recovered})
+    gallery = list(zip(heatmap_files(picture, maps, signed=True), captions, strict=True))
     den = result["denoising"]
     summary = f"Label {readings.escaped(result['label'])} ({what}). "
     if mode == "models":

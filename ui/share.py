@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 STYLE = (
@@ -88,13 +89,15 @@ def analysis_html(
     )
 
 
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "concept-steering-workbench-outputs"
-OUTPUT_MAX_AGE_S = 600
+OUTPUT_DIR = Path(get_upload_folder()) / "workbench-outputs"
+"""Inside Gradio's own cache folder: a handler's file there is served as it is, where a file elsewhere is first
+hashed and copied into the cache (6 heatmaps per attribution)."""
+OUTPUT_MAX_AGE_S = 3600
 PRUNE_EVERY_S = 10
-"""A handler's output file is needed only until Gradio copies it into its own cache (at once, when the handler
-returns; the app's ``delete_cache`` empties that cache). Files older than ``OUTPUT_MAX_AGE_S`` are removed by a
-write at most every ``PRUNE_EVERY_S`` (listing the directory on every write cost 15 ms per heatmap once a busy
-server had written a thousand files), so the directory stays bounded by what ten minutes of requests write."""
+"""A handler's output file is what the user's page shows, so it lives as long as the files Gradio caches for the
+app (an hour: ui.layout.DELETE_CACHE, which removes them too). Files older than ``OUTPUT_MAX_AGE_S`` are removed
+by a write at most every ``PRUNE_EVERY_S`` (listing the directory on every write cost 15 ms per heatmap once a
+busy server had written a thousand files), so the directory stays bounded by what an hour of requests write."""
 _pruned = {"at": 0.0}
 _prune_lock = threading.Lock()
 
