@@ -132,16 +132,32 @@ def edit_deltas(
 ) -> torch.Tensor:
     """:func:`edit_delta` for G edits that differ from ``edit`` only in their strengths (a sweep): (G, T, D) in
     one product, row g with the strengths ``strengths_GK[g]``."""
-    n_tokens, d_model = f_TS.shape[0], W_dec_SD.shape[1]
+    return group_deltas([f_TS], W_dec_SD, edit, strengths_GK, typical_S, n_prefix_tokens, directions_KD)[:, 0]
+
+
+def group_deltas(
+    f_BTS: Sequence[torch.Tensor],
+    W_dec_SD: torch.Tensor,
+    edit: Edit,
+    strengths_GK: torch.Tensor,
+    typical_S: torch.Tensor | None,
+    n_prefix_tokens: int,
+    directions_KD: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`edit_deltas` on B images at once (their dense codes ``f_BTS[b]``, (T, S) each): (G, B, T, D)."""
+    n_tokens, d_model = f_BTS[0].shape[0], W_dec_SD.shape[1]
+    shape = (len(strengths_GK), len(f_BTS), n_tokens)
     if not edit.latents:
-        return torch.zeros(len(strengths_GK), n_tokens, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+        return torch.zeros(*shape, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
     latents = list(edit.latents)
-    mask_1T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[None, :, None]
+    mask_11T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[None, None, :, None]
     if edit.mode == "scale":
-        coeff_GTK = f_TS[:, latents].to(W_dec_SD)[None] * (strengths_GK[:, None, :] - 1)
+        f_BTK = torch.stack([f_TS[:, latents] for f_TS in f_BTS]).to(W_dec_SD)
+        coeff_GBTK = f_BTK[None] * (strengths_GK[:, None, None, :] - 1)
     else:
-        coeff_GTK = (strengths_GK * typical_S[latents].to(W_dec_SD))[:, None, :].expand(-1, n_tokens, -1)
-    return (coeff_GTK * mask_1T1) @ (W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD))
+        coeff_GBTK = (strengths_GK * typical_S[latents].to(W_dec_SD))[:, None, None, :].expand(*shape, -1)
+    rows_KD = W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD)
+    return (coeff_GBTK * mask_11T1) @ rows_KD
 
 
 def check_edit(workbench: Workbench, edit: Edit) -> None:
@@ -177,8 +193,7 @@ def edited_acts(
     for rows in groups.values():
         edit, direction = edits[rows[0]], directions[rows[0]]
         strengths_GK = torch.tensor([edits[n].strengths for n in rows], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-        for b, f_TS in enumerate(f_BTS):
-            deltas_NBTD[rows, b] = edit_deltas(f_TS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
+        deltas_NBTD[rows] = group_deltas(f_BTS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
     return acts_BTD.unsqueeze(0) + deltas_NBTD.to(acts_BTD.dtype)
 
 

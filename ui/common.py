@@ -9,7 +9,7 @@ import functools
 import html
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,15 +276,27 @@ def with_colour_scale(picture: Image.Image, peak: float, signed: bool, height: i
     return out
 
 
-HEATMAP_THREADS = 4
-_heatmap_pool = ThreadPoolExecutor(HEATMAP_THREADS, thread_name_prefix="heatmaps")
+DRAWING_THREADS = 4
+_drawing_pool = ThreadPoolExecutor(DRAWING_THREADS, thread_name_prefix="drawing")
+
+
+def drawn_in_parallel(draw: Callable[[Any], str], items: list) -> list[str]:
+    """``[draw(item) for item in items]`` on a few threads, in order: PIL lets go of the GIL while it resizes,
+    composites and encodes, so six heatmaps take about 60% of their time one after the other."""
+    return list(_drawing_pool.map(draw, items))
 
 
 def heatmap_files(picture: Image.Image, maps: list[tuple[torch.Tensor, str]], signed: bool = False) -> list[str]:
-    """:func:`overlay` of each (map, file prefix) on ``picture``, written by :func:`save_png`, in order. Drawn on a
-    few threads: PIL lets go of the GIL while it resizes, composites and encodes, so six heatmaps take about 60% of
-    their time one after the other."""
-    return list(_heatmap_pool.map(lambda item: save_png(overlay(picture, item[0], signed=signed), item[1]), maps))
+    """:func:`overlay` of each (map, file prefix) on ``picture``, written by :func:`save_png`, in order."""
+    return list(heatmap_files_started(picture, maps, signed))
+
+
+def heatmap_files_started(
+    picture: Image.Image, maps: list[tuple[torch.Tensor, str]], signed: bool = False
+) -> Iterator[str]:
+    """:func:`heatmap_files` started now, its paths read later (iterate): the drawing overlaps what the handler
+    does meanwhile (the model's work, which also lets go of the GIL)."""
+    return _drawing_pool.map(lambda item: save_png(overlay(picture, item[0], signed=signed), item[1]), maps)
 
 
 PNG_COMPRESS_LEVEL = 1
