@@ -268,3 +268,16 @@ def test_latents_endpoint_pages_and_searches(client):
 def test_export_cards_endpoint(client):
     path = client.predict("3,10", "", "json", "a {}", "toy", api_name="/export_cards")
     assert [card["latent"] for card in json.loads(Path(path).read_text())["cards"]] == [3, 10]
+
+
+def test_the_benchs_end_to_end_calls_match_the_served_api(client, image_file, workbench):
+    """engine.bench_endpoints times these exact calls: each is accepted and answers (toy and ViT-B/32)."""
+    from engine import bench_endpoints
+
+    for model, labels, template in (("toy", LABELS, "a {}"), (VIT_B32, "cat, dog, car", "a photo of a {}.")):
+        for name, make in bench_endpoints.endpoint_calls(model, labels, template, latent=3).items():
+            args, api_name = make(handle_file(image_file), 0)
+            assert client.predict(*args, api_name=api_name) is not None, name
+    image = Image.open(image_file).convert("RGB")
+    for run in bench_endpoints.engine_calls(workbench, LABELS.split(", "), "a {}", latent=3).values():
+        run(image)  # the engine work the bench times beside each endpoint
