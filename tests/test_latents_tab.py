@@ -22,13 +22,13 @@ def ctx(workbench):
 
 def test_browse_searches_labels_sorts_and_pages(ctx, workbench):
     table, status, page = latents_tab.browse_latents(ctx, "colour=red", "frequency (most first)", 1)
-    frame = table.data
+    frame = table.frame
     assert len(frame) and all("colour=red" in label for label in frame["label"])
     assert list(frame["frequency"]) == sorted(frame["frequency"], reverse=True)
     expected = sum(label == "colour=red" for label in workbench.latent_info.labels)
     assert f"{expected} latents" in status and page == 1
     table, status, page = latents_tab.browse_latents(ctx, "", "latent id", 99)  # clamped to the last page
-    assert page == 8 and list(table.data["latent"]) == list(range(350, 384))
+    assert page == 8 and list(table.frame["latent"]) == list(range(350, 384))
     with pytest.raises(ValueError, match="valid: frequency"):
         latents_tab.browse_latents(ctx, "", "random", 1)
 

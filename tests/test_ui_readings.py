@@ -28,8 +28,9 @@ def test_tables_round_their_numbers_and_show_them_alike():
     import pandas as pd
 
     styled = readings.display_table(pd.DataFrame({"label": ["a"], "p": [0.000031234], "d": [-7.348247528076172]}))
-    assert styled.data.iloc[0].tolist() == ["a", 3.12e-05, -7.35]
-    assert "3.12e-05" in styled.to_html() and "-7.35" in styled.to_html()
+    assert styled.frame.iloc[0].tolist() == ["a", 3.12e-05, -7.35]
+    assert styled["data"] == [["a", 3.12e-05, -7.35]] and styled["headers"] == ["label", "p", "d"]
+    assert styled["metadata"]["display_value"] == [["a", "3.12e-05", "-7.35"]]
 
 
 def test_the_sweep_reading_names_both_sides_of_the_flip_from_the_numbers():

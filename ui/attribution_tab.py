@@ -107,7 +107,7 @@ def export_attribution(ctx: ModelContext, image, labels_text, template, target, 
     picture = load_image(image)
 
     def table(styled, title: str) -> dict:
-        frame = styled.data
+        frame = styled.frame
         return {"title": title, "headers": list(frame.columns), "rows": frame.values.tolist()}
 
     page = share.analysis_html(

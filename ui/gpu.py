@@ -6,8 +6,8 @@ On ZeroGPU the process that serves the app holds the models but no GPU. A functi
 
 - the decoration happens when the app is built (``spaces`` requires every decorated function to exist before
   launch), through :func:`on_gpu`, which ``ui.common.user_errors`` applies to every handler that runs a model;
-- what a handler returns must pickle and hold no GPU tensor: pandas ``Styler`` tables (which hold lambdas) and
-  tensors are turned into plain frames and CPU tensors inside the worker, and the tables restyled outside;
+- what a handler returns must pickle and hold no GPU tensor: tensors are moved to the CPU inside the worker
+  (tables are plain data already: ui.readings.ShownTable);
 - user errors become ``gr.Error`` inside the worker (``spaces`` re-raises those as they are; anything else
   would reach the user as "ZeroGPU worker error");
 - whatever a handler caches inside the worker is lost with it: results never depend on such state.
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import pandas as pd
 import torch
-from pandas.io.formats.style import Styler
 
 _factory: Callable[[Callable], Callable] | None = None
 
@@ -35,36 +32,15 @@ def use(factory: Callable[[Callable], Callable] | None) -> None:
     _factory = factory
 
 
-@dataclass(frozen=True)
-class PortableTable:
-    """A styled table as plain data, to cross a process boundary."""
-
-    frame: pd.DataFrame
-
-
 def portable(value):
-    """A handler's result as data that pickles and lives on the CPU."""
-    if isinstance(value, Styler):
-        return PortableTable(value.data)
+    """A handler's result as data that pickles and lives on the CPU (tables, ui.readings.ShownTable, pickle as
+    they are)."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, tuple):
         return tuple(portable(v) for v in value)
     if isinstance(value, list):
         return [portable(v) for v in value]
-    return value
-
-
-def restored(value):
-    """The inverse of :func:`portable` for tables: styled again as the app shows them."""
-    from ui import readings
-
-    if isinstance(value, PortableTable):
-        return readings.display_table(value.frame)
-    if isinstance(value, tuple):
-        return tuple(restored(v) for v in value)
-    if isinstance(value, list):
-        return [restored(v) for v in value]
     return value
 
 
@@ -77,10 +53,4 @@ def on_gpu(handler: Callable) -> Callable:
     def compute(*args, **kwargs):
         return portable(handler(*args, **kwargs))
 
-    decorated = _factory(compute)
-
-    @functools.wraps(handler)
-    def run(*args, **kwargs):
-        return restored(decorated(*args, **kwargs))
-
-    return run
+    return _factory(compute)
