@@ -12,21 +12,25 @@ so no prefix cache helps), for:
 * open_clip ViT-B/32 with random weights and a random TopK SAE of 24,576 latents at ``blocks.10.resid_post``
   (noise images, 224 px): the real architecture, no download.
 
-Figures, per model:
+Figures, per model, each taken two ways: through ``gradio_client`` (what a Python user waits for) and through
+Gradio's REST API on one keep-alive connection (``http_*``: what a browser or ``curl`` waits for, the server's
+whole round trip). gradio_client looks for the answer every 50 ms, so its times move in steps of 50 ms: an
+endpoint 10 ms slower than the floor can read 50 ms slower; the REST figures show the server's own cost.
 
-* ``gradio_floor_ms``: p50 of a trivial endpoint (``fill_labels``: text in, text out, no model), called once
-  after each timed call so that it sees the same conditions; the least any request costs through Gradio;
-* ``endpoint_ms``: p50 and p95 per endpoint;
+* ``gradio_floor_ms`` / ``http_floor_ms``: p50 of a trivial endpoint (``fill_labels``: text in, text out, no
+  model), called once after each timed call so that it sees the same conditions; the least any request costs;
+* ``endpoint_ms`` / ``http_ms``: p50 and p95 per endpoint, the image's upload included;
 * ``engine_ms`` (ViT-B/32): p50 of the engine calls each handler makes (attribution with its faithfulness check
-  and latent names, steering, the sweep, the held-out batch, ...) timed in this process on the same kind of
-  images, while the server is idle; ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)``;
-* ``vs_floor`` (toy): ``endpoint p50 / floor``.
+  and latent names, steering, the sweep, the held-out batch, the image check) timed in this process on the same
+  kind of images while the server is idle; ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)``
+  (``http_vs_engine_plus_floor`` the same with the REST figures);
+* ``vs_floor`` / ``http_vs_floor`` (toy): ``endpoint p50 / floor``.
 
-The client is made with ``download_files=False``: the timed span is the request until the response (every
-table, text and plot, and the addresses of the heatmap files) has arrived, which is when a browser draws the
-result and starts loading the heatmaps in parallel. gradio_client's default downloads each output file after
-the response, one at a time with a new HTTP client per file (about 15 to 20 ms each on this machine); that
-client-side cost is reported apart for ``attribute`` (``attribute_with_downloads_ms``).
+The gradio_client side uses ``download_files=False``: the timed span ends when the response (every table, text
+and plot, and the addresses of the heatmap files) has arrived, which is when a browser draws the result and
+starts loading the heatmaps in parallel. gradio_client's default downloads each output file after the response,
+one at a time with a new HTTP client per file (about 15 to 20 ms each on this machine); that client-side cost is
+reported apart for ``attribute`` (``attribute_with_downloads_ms``).
 
 Batch jobs are not in the table: ``diff`` (a probe set of scenes), ``explain_top`` and ``export_*`` (files) are
 timed by their own figures. The engine never imports Gradio: the server is ``app.py`` in a subprocess and the
@@ -156,19 +160,54 @@ def toy_extra_calls(template: str, d_sae: int) -> dict[str, Callable[[object, in
     }
 
 
-def time_endpoints(client, calls: dict, files: list[str], labels: str, repeats: int) -> tuple[dict, float]:
-    """Per endpoint p50/p95 over ``repeats`` calls (after one warm-up), each with the next unseen image; one
-    floor call after each timed call. Returns (endpoint_ms, floor p50 in ms)."""
-    from gradio_client import handle_file
+class RestClient:
+    """The same calls through Gradio's REST API (``/gradio_api/call/NAME``, then its event stream) on one
+    keep-alive HTTP connection, as a browser makes them: the server's whole round trip, without gradio_client's
+    polling (it looks for the answer every 50 ms, so its times move in steps of 50 ms)."""
 
-    fresh = iter(files)
+    def __init__(self, url: str):
+        import httpx
+
+        self.url, self.http = url.rstrip("/"), httpx.Client(timeout=300)
+        self.session = f"bench{os.getpid()}"  # one session, like one open page (a new one costs Gradio ~20 ms)
+
+    def file(self, path: str) -> dict:
+        with open(path, "rb") as f:
+            answer = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (Path(path).name, f)})
+        answer.raise_for_status()
+        return {"path": answer.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+    def predict(self, *args, api_name: str) -> str:
+        name = api_name.lstrip("/")
+        answer = self.http.post(f"{self.url}/gradio_api/call/{name}", json={"data": list(args), "session_hash": self.session})
+        answer.raise_for_status()
+        event = answer.json()["event_id"]
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event}") as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(f"{api_name}: {line}")
+                    return line
+        raise RuntimeError(f"{api_name}: the event stream ended without a result")
+
+
+def time_endpoints(
+    client, calls: dict, files: Iterator[str], labels: str, repeats: int, file_arg: Callable
+) -> tuple[dict, float]:
+    """Per endpoint p50/p95 over ``repeats`` calls (after one warm-up), each with the next unseen image (sent by
+    ``file_arg(path)`` inside the timed span: the upload is part of the wait); one floor call after each timed
+    call. Returns (endpoint_ms, floor p50 in ms)."""
     floor: list[float] = []
     out = {}
     for name, make in calls.items():
         seconds = []
         for i in range(repeats + 1):
-            args, api_name = make(handle_file(next(fresh)), i)
+            path = next(files)
             start = time.perf_counter()
+            args, api_name = make(file_arg(path), i)
             client.predict(*args, api_name=api_name)
             if i:
                 seconds.append(time.perf_counter() - start)
@@ -177,6 +216,17 @@ def time_endpoints(client, calls: dict, files: list[str], labels: str, repeats: 
             floor.append(time.perf_counter() - start)
         out[name] = percentiles(seconds)
     return out, round(statistics.median(floor) * 1000, 1)
+
+
+def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int) -> dict:
+    """:func:`time_endpoints` through gradio_client, then through the REST API (fresh images for each)."""
+    from gradio_client import handle_file
+
+    fresh = iter(files)
+    endpoint_ms, floor = time_endpoints(client, calls, fresh, labels, repeats, handle_file)
+    rest = RestClient(client.src)
+    http_ms, http_floor = time_endpoints(rest, calls, fresh, labels, repeats, rest.file)
+    return {"gradio_floor_ms": floor, "endpoint_ms": endpoint_ms, "http_floor_ms": http_floor, "http_ms": http_ms}
 
 
 def downloads_cost(args: list[str], files: list[str], model: str, labels: str, template: str, repeats: int) -> dict:
@@ -256,18 +306,23 @@ def time_engine(calls: dict[str, Callable], files: list[str], repeats: int) -> d
 def toy_figures(repeats: int, directory: Path) -> dict:
     calls = endpoint_calls("toy", TOY_LABELS, "a {}", latent=3)
     args = ["--explain-cache", str(directory / "explain_cache")]
-    files = image_files(directory / "toy", toy_images((repeats + 1) * 12))
+    files = image_files(directory / "toy", toy_images((repeats + 1) * 20))
     with served_app(args) as client:
         from engine.resident import resident_sae
 
         calls.update(toy_extra_calls("a {}", resident_sae(SAESpec.toy(), "cpu").module.config.d_sae))
-        endpoint_ms, floor = time_endpoints(client, calls, files, TOY_LABELS, repeats)
+        figures = both_ways(client, calls, files, TOY_LABELS, repeats)
     return {
-        "gradio_floor_ms": floor,
-        "endpoint_ms": endpoint_ms,
-        "vs_floor": {name: round(t["p50"] / floor, 2) for name, t in endpoint_ms.items()},
+        **figures,
+        "vs_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"]),
+        "http_vs_floor": ratios(figures["http_ms"], figures["http_floor_ms"]),
         "attribute_with_downloads_ms": downloads_cost(args, files[::-1], "toy", TOY_LABELS, "a {}", repeats),
     }
+
+
+def ratios(endpoint_ms: dict, floor: float, engine_ms: dict | None = None) -> dict:
+    """Per endpoint ``p50 / (engine + floor)`` (``engine_ms`` absent: 0)."""
+    return {name: round(t["p50"] / ((engine_ms or {}).get(name, 0.0) + floor), 2) for name, t in endpoint_ms.items()}
 
 
 def vit_figures(repeats: int, directory: Path, device: torch.device) -> dict:
@@ -280,25 +335,20 @@ def vit_figures(repeats: int, directory: Path, device: torch.device) -> dict:
     model = f"{model_text} + {sae_text}"
     args = ["--model", model_text, "--sae", sae_text, "--allow-dir", str(directory), "--device", str(device)]
     calls = endpoint_calls(model, VIT_LABELS, "a photo of a {}.", latent=7)
-    files = image_files(directory / "vit", noise_images((repeats + 1) * 9))
+    files = image_files(directory / "vit", noise_images((repeats + 1) * 14))
     with served_app(args) as client:
-        endpoint_ms, floor = time_endpoints(client, calls, files, VIT_LABELS, repeats)
+        figures = both_ways(client, calls, files, VIT_LABELS, repeats)
     from engine.sources import AllowedDirs
 
     workbench = load_workbench(
         ModelSpec("open_clip", "ViT-B-32"), SAESpec(sae_text), str(device), allowed=AllowedDirs.default([directory])
     )
-    engine_ms = {"select_model": 0.0}
-    engine_ms.update(
-        time_engine(engine_calls(workbench, VIT_LABELS.split(", "), "a photo of a {}.", 7), files, repeats)
-    )
+    engine_ms = time_engine(engine_calls(workbench, VIT_LABELS.split(", "), "a photo of a {}.", 7), files, repeats)
     return {
-        "gradio_floor_ms": floor,
-        "endpoint_ms": endpoint_ms,
+        **figures,
         "engine_ms": engine_ms,
-        "vs_engine_plus_floor": {
-            name: round(t["p50"] / (engine_ms[name] + floor), 2) for name, t in endpoint_ms.items()
-        },
+        "vs_engine_plus_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"], engine_ms),
+        "http_vs_engine_plus_floor": ratios(figures["http_ms"], figures["http_floor_ms"], engine_ms),
     }
 
 
