@@ -17,7 +17,7 @@ from ui.common import (
     overlay,
     parse_labels,
     parse_latent,
-    save_png,
+    save_drawing,
     user_errors,
     warning_markdown,
 )
@@ -168,7 +168,7 @@ def latent_heatmap(ctx: ModelContext, image, latent, template=None) -> tuple[str
     name = ctx.latent_names([latent], template or None)[latent][0]
     class_token = float(f_T[0]) if workbench.backend.n_prefix_tokens else None
     caption = readings.heatmap_caption(latent, name, float(map_HW.max()), class_token)
-    return save_png(overlay(picture, map_HW), f"latent{latent}_"), caption
+    return save_drawing(overlay(picture, map_HW), f"latent{latent}_", picture), caption
 
 
 def build(

@@ -287,7 +287,7 @@ def drawn_in_parallel(draw: Callable[[Any], str], items: list) -> list[str]:
 
 
 def heatmap_files(picture: Image.Image, maps: list[tuple[torch.Tensor, str]], signed: bool = False) -> list[str]:
-    """:func:`overlay` of each (map, file prefix) on ``picture``, written by :func:`save_png`, in order."""
+    """:func:`overlay` of each (map, file prefix) on ``picture``, written by :func:`save_drawing`, in order."""
     return list(heatmap_files_started(picture, maps, signed))
 
 
@@ -296,11 +296,18 @@ def heatmap_files_started(
 ) -> Iterator[str]:
     """:func:`heatmap_files` started now, its paths read later (iterate): the drawing overlaps what the handler
     does meanwhile (the model's work, which also lets go of the GIL)."""
-    return _drawing_pool.map(lambda item: save_png(overlay(picture, item[0], signed=signed), item[1]), maps)
+    return _drawing_pool.map(
+        lambda item: save_drawing(overlay(picture, item[0], signed=signed), item[1], picture), maps
+    )
 
 
 PNG_COMPRESS_LEVEL = 1
 """zlib level of output PNGs: 1 encodes a heatmap in 60% of the default's (6) time for 15% more bytes."""
+JPEG_QUALITY = 90
+SHARP_BELOW_PX = 256
+"""Source images smaller than this (the toy's 48 px scenes) are upscaled pixel for pixel and drawn as PNG (sharp,
+and small: flat colours); larger ones, photographs, as JPEG: 15 to 20 times faster to encode than PNG and a
+quarter of its bytes, with no visible loss at quality 90."""
 
 
 def save_png(image: Image.Image, prefix: str) -> str:
@@ -308,6 +315,16 @@ def save_png(image: Image.Image, prefix: str) -> str:
     the app's ``delete_cache`` or ui.share.output_path)."""
     path = share.output_path(prefix, ".png")
     image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return str(path)
+
+
+def save_drawing(image: Image.Image, prefix: str, source: Image.Image) -> str:
+    """:func:`save_png`, or JPEG where the drawing shows a photograph (``source`` at least
+    :data:`SHARP_BELOW_PX` on a side)."""
+    if max(source.size) < SHARP_BELOW_PX:
+        return save_png(image, prefix)
+    path = share.output_path(prefix, ".jpg")
+    image.convert("RGB").save(path, format="JPEG", quality=JPEG_QUALITY)
     return str(path)
 
 

@@ -23,7 +23,7 @@ from ui.common import (
     drawn_in_parallel,
     parse_int_list,
     parse_latent,
-    save_png,
+    save_drawing,
     user_errors,
 )
 
@@ -89,9 +89,10 @@ def browse_latents(ctx: ModelContext, query, sort, page, template=None):
 
 
 def card_outputs(card: cards.LatentCard) -> tuple[list, str, pd.DataFrame]:
-    # PNG files at zlib level 1, drawn on a few threads: a third of the time Gradio takes to encode them as WebP
+    # PNG (zlib level 1) or JPEG files, drawn on a few threads: a third of the time Gradio takes to encode WebP
     files = drawn_in_parallel(
-        lambda e: save_png(cards.heat_thumbnail(e.image, e.map_HW, 160), f"card{card.latent}_"), list(card.examples)
+        lambda e: save_drawing(cards.heat_thumbnail(e.image, e.map_HW, 160), f"card{card.latent}_", e.image),
+        list(card.examples),
     )
     gallery = [(f, f"{readings.number(e.activation)} · {e.name}") for f, e in zip(files, card.examples, strict=True)]
     rows = "".join(f"| {k} | {readings.escaped(v)} |\n" for k, v in cards.stats_rows(card))
