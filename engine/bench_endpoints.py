@@ -179,7 +179,9 @@ class RestClient:
 
     def predict(self, *args, api_name: str) -> str:
         name = api_name.lstrip("/")
-        answer = self.http.post(f"{self.url}/gradio_api/call/{name}", json={"data": list(args), "session_hash": self.session})
+        answer = self.http.post(
+            f"{self.url}/gradio_api/call/{name}", json={"data": list(args), "session_hash": self.session}
+        )
         answer.raise_for_status()
         event = answer.json()["event_id"]
         with self.http.stream("GET", f"{self.url}/gradio_api/call/{name}/{event}") as stream:
