@@ -118,21 +118,7 @@ def edit_delta(
     an empty edit or all s = 1. ``directions_KD`` replaces the edited latents' decoder rows (the random
     baseline moves another direction by the same coefficients)."""
     strengths_1K = torch.tensor([edit.strengths], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-    return edit_deltas(f_TS, W_dec_SD, edit, strengths_1K, typical_S, n_prefix_tokens, directions_KD)[0]
-
-
-def edit_deltas(
-    f_TS: torch.Tensor,
-    W_dec_SD: torch.Tensor,
-    edit: Edit,
-    strengths_GK: torch.Tensor,
-    typical_S: torch.Tensor | None,
-    n_prefix_tokens: int,
-    directions_KD: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`edit_delta` for G edits that differ from ``edit`` only in their strengths (a sweep): (G, T, D) in
-    one product, row g with the strengths ``strengths_GK[g]``."""
-    return group_deltas([f_TS], W_dec_SD, edit, strengths_GK, typical_S, n_prefix_tokens, directions_KD)[:, 0]
+    return group_deltas([f_TS], W_dec_SD, edit, strengths_1K, typical_S, n_prefix_tokens, directions_KD)[0, 0]
 
 
 def group_deltas(
@@ -144,7 +130,9 @@ def group_deltas(
     n_prefix_tokens: int,
     directions_KD: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`edit_deltas` on B images at once (their dense codes ``f_BTS[b]``, (T, S) each): (G, B, T, D)."""
+    """:func:`edit_delta` for G edits that differ from ``edit`` only in their strengths (a sweep's rows; row g
+    with the strengths ``strengths_GK[g]``), on B images at once (their dense codes ``f_BTS[b]``, (T, S) each):
+    (G, B, T, D) in one product."""
     n_tokens, d_model = f_BTS[0].shape[0], W_dec_SD.shape[1]
     shape = (len(strengths_GK), len(f_BTS), n_tokens)
     if not edit.latents:
