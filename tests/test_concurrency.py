@@ -150,6 +150,17 @@ def test_outputs_leave_no_files_behind_in_the_temporary_directory(served):
     assert not {name for name in leaked if name.startswith(("latent", "attribution_", "patch_"))}, leaked
 
 
+def test_the_served_queue_looks_for_work_every_few_milliseconds_not_every_one():
+    from app import QUEUE_POLL_S, create_app, serve
+
+    app = create_app("cpu", {"toy": TOY})
+    serve(app, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        assert app._queue.sleep_when_free == QUEUE_POLL_S == 0.005
+    finally:
+        app.close()
+
+
 def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkeypatch):
     def stale_file():
         path = share.output_path("stale_", ".png")
