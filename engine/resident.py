@@ -431,14 +431,8 @@ class Workbench:
         and a user's result must not depend on what other requests came first."""
         with self.lock:
             for state in {id(s): s for s in states if "image_emb_E" not in s.clean}.values():
-                self.remember_clean_embeddings([state], self.image_embeddings(state.acts_TD.unsqueeze(0)))
+                state.clean["image_emb_E"] = self.image_embeddings(state.acts_TD.unsqueeze(0))[0]
             return torch.stack([s.clean["image_emb_E"] for s in states])
-
-    @staticmethod
-    def remember_clean_embeddings(states: Sequence[SiteState], image_emb_BE: torch.Tensor) -> None:
-        """Keep each state's unedited image embedding (row b of ``image_emb_BE``: the suffix of its own acts)."""
-        for state, image_emb_E in zip(states, image_emb_BE, strict=True):
-            state.clean.setdefault("image_emb_E", image_emb_E.detach().float().clone())
 
     def image_embeddings(self, acts_BTD: torch.Tensor) -> torch.Tensor:
         """The suffix from the site: image embeddings (B, E) in float32."""
