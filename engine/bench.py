@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -265,9 +264,7 @@ def cold_start_seconds() -> float:
     """Start ``python app.py`` and time until it answers an ``attribute`` request."""
     from gradio_client import Client, handle_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = bench_endpoints.free_port()
     root = Path(__file__).resolve().parent.parent
     example = sorted((root / "assets" / "examples").glob("*.png"))[0]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
