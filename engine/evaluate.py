@@ -90,19 +90,14 @@ def latent_labels(workbench: Workbench, n_images: int) -> tuple[dict, float]:
 
 def shape_patches(truth, patch: int) -> np.ndarray:
     """(gh, gw) bool: patches at least half covered by the shape, and always the most covered one."""
-    fraction_HW = truth.patch_fraction(patch)["shape"]
-    return (fraction_HW >= 0.5) | (fraction_HW == fraction_HW.max())
+    return train_sae.shape_patches(truth.patch_fraction(patch)["shape"])
 
 
 def heatmap_iou(workbench: Workbench, state: SiteState, truth, latent: int) -> float:
     """IoU of the latent's per-patch activation (above half its maximum) with the shape's patches."""
     map_HW = attribution.patch_map(state.f_TS[:, latent], workbench.backend.grid).float().cpu().numpy()
-    if map_HW.max() <= 0:
-        return 0.0
-    fired_HW = map_HW >= map_HW.max() / 2
     patch = IMAGE_SIZE // workbench.backend.grid[0]
-    shape_HW = shape_patches(truth, patch)
-    return float((fired_HW & shape_HW).sum() / (fired_HW | shape_HW).sum())
+    return train_sae.patch_iou(map_HW, truth.patch_fraction(patch)["shape"])
 
 
 def vocabulary_naming(workbench: Workbench, info: dict, min_auroc: float = VOCABULARY_MIN_AUROC) -> dict:
