@@ -192,21 +192,36 @@ def edited_logits(
     edits: Sequence[Edit],
     text_emb_LE: torch.Tensor,
     directions: Sequence[torch.Tensor | None] | None = None,
+    unedited_in_pass: bool = False,
 ) -> torch.Tensor:
-    """Zero-shot logits (N, B, L) of every edit on every image, in one batched pass through the suffix. Rows of
-    an edit that changes nothing (:attr:`Edit.is_noop`: the "before" of a comparison, strength 1 in a sweep) are
-    the unedited run, read from the images' cached embeddings (Workbench.clean_image_embeddings) instead of
-    run again: a no-op's row equals the unedited row exactly, and never depends on what else was asked."""
+    """Zero-shot logits (N, B, L) of every edit on every image, in one batched pass through the suffix.
+
+    Rows of an edit that changes nothing (:attr:`Edit.is_noop`: the "before" of a comparison, strength 1 in a
+    sweep) are the unedited run, never run once per such edit: a no-op's row equals the unedited row exactly.
+    By default the unedited row is read from the images' cached embeddings (Workbench.clean_image_embeddings,
+    each image run alone), so that it never depends on what else was asked. With ``unedited_in_pass`` it is
+    one more row of this pass instead: a request whose batch is fixed by its own arguments (a sweep's
+    strengths) then pays one row, not a separate pass of the suffix, and its answer still depends on nothing
+    else (the last bits may differ from the cached row's: kernels differ with the batch size)."""
     for edit in edits:
         check_edit(workbench, edit)
     directions = list(directions or [None] * len(edits))
     changed = [i for i, edit in enumerate(edits) if not edit.is_noop]
+    unchanged = [i for i in range(len(edits)) if i not in changed]
     logits_NBL = torch.empty(len(edits), len(states), text_emb_LE.shape[0], device=text_emb_LE.device)  # float32
-    if changed:
-        acts_NBTD = edited_acts(workbench, states, [edits[i] for i in changed], [directions[i] for i in changed])
+    in_pass = [edits[i] for i in changed]
+    if unedited_in_pass and unchanged:
+        in_pass.insert(0, NO_EDIT)
+    if in_pass:
+        rows = [None] * (len(in_pass) - len(changed)) + [directions[i] for i in changed]
+        acts_NBTD = edited_acts(workbench, states, in_pass, rows)
         n, b = acts_NBTD.shape[:2]
-        logits_NBL[changed] = workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)
-    if len(changed) < len(edits):
-        clean_BL = workbench.logits_from_embeddings(workbench.clean_image_embeddings(states), text_emb_LE)
-        logits_NBL[[i for i in range(len(edits)) if i not in changed]] = clean_BL.to(logits_NBL)
+        pass_NBL = workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)
+        logits_NBL[changed] = pass_NBL[n - len(changed) :]
+    if unchanged:
+        if unedited_in_pass:
+            clean_BL = pass_NBL[0]
+        else:
+            clean_BL = workbench.logits_from_embeddings(workbench.clean_image_embeddings(states), text_emb_LE)
+        logits_NBL[unchanged] = clean_BL.to(logits_NBL)
     return logits_NBL

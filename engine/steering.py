@@ -85,8 +85,8 @@ def sweep(
 ) -> dict:
     """Metrics of the prediction as one latent's strength varies, against a random norm-matched direction.
 
-    Both curves come from one batched suffix pass (2 x len(strengths) rows; len(strengths) without the
-    ``baseline``)."""
+    Both curves and the unedited row they are compared with come from one batched suffix pass
+    (1 + 2 x len(strengths) rows; 1 + len(strengths) without the ``baseline``)."""
     workbench.check_latent(latent)
     if not strengths:
         raise UserInputError("give at least one strength")
@@ -98,7 +98,9 @@ def sweep(
     with workbench.lock:
         (state,) = workbench.site_states([image])
         text_emb_LE = workbench.text_embeddings(labels, template)
-        logits_NL = edited_logits(workbench, [state], [NO_EDIT, *edits], text_emb_LE, [None, *directions])[:, 0]
+        logits_NL = edited_logits(
+            workbench, [state], [NO_EDIT, *edits], text_emb_LE, [None, *directions], unedited_in_pass=True
+        )[:, 0]
     base_logits_L, logits_NL = logits_NL[0], logits_NL[1:]
     target = int(base_logits_L.argmax()) if target is None else target
     n = len(strengths)

@@ -59,6 +59,41 @@ def test_unedited_rows_come_from_each_images_cached_embedding_and_equal_a_full_f
     torch.testing.assert_close(second[0], first[1])
 
 
+def test_a_sweeps_unedited_row_runs_in_its_own_pass_and_never_depends_on_the_cache(workbench, scene_images):
+    """A sweep needs its unedited row anyway: it is one more row of the sweep's own pass (not a separate pass),
+    the strength-1 rows equal it bit for bit, and it is the same whether or not the image's clean embedding
+    was cached by an earlier request."""
+    image = scene_images[0][0]
+    text = workbench.text_embeddings(SHAPES)
+    latent = top_latent(workbench, image)
+    edits_ = [NO_EDIT, Edit((latent,), (0.0,)), Edit((latent,), (1.0,)), Edit((latent,), (2.0,))]
+    rows_seen = []
+    suffix = workbench.backend.suffix
+
+    def counting_suffix(acts_BTD, site):
+        rows_seen.append(acts_BTD.shape[0])
+        return suffix(acts_BTD, site)
+
+    workbench.clear_cache()
+    (state,) = workbench.site_states([image])
+    workbench.backend.suffix = counting_suffix
+    try:
+        fresh = edited_logits(workbench, [state], edits_, text, unedited_in_pass=True)[:, 0]
+        assert rows_seen == [3]  # unedited, 0 and 2 in one pass; strength 1 is not run
+        assert "image_emb_E" not in state.clean
+        workbench.clean_image_embeddings([state])
+        cached = edited_logits(workbench, [state], edits_, text, unedited_in_pass=True)[:, 0]
+    finally:
+        workbench.backend.suffix = suffix
+    assert torch.equal(fresh, cached)
+    assert torch.equal(fresh[0], fresh[2])
+    torch.testing.assert_close(fresh, edited_logits(workbench, [state], edits_, text)[:, 0])
+    result = steering.sweep(workbench, image, SHAPES, latent, [0.0, 1.0, 2.0], baseline=False)
+    assert result["latent"]["kl"][1] == 0.0
+    target = SHAPES.index(result["target"])
+    torch.testing.assert_close(torch.tensor(result["latent"]["probability"]), fresh[1:].softmax(-1)[:, target])
+
+
 @pytest.mark.parametrize(
     ("mode", "patches", "strengths"),
     [
