@@ -221,31 +221,45 @@ def read_latent_info(directory: Path, d_sae: int) -> LatentInfo | None:
     return info
 
 
+DENSE_CODE_MAX_RATIO = 4
+"""A cached code is kept dense when that costs at most this many times the bytes of its sparse form (a small
+dictionary: the toy's 384 latents, k = 32, cost 2.4 times): no conversion when it is stored or read."""
+
+
 @dataclass(frozen=True)
 class SiteState:
     """Everything about one image at the site. The SAE code is kept sparse (a TopK SAE has k of d_sae
-    latents on per token: 32 of 24,576 for ViT-B/32), so a cached image costs kilobytes for its code."""
+    latents on per token: 32 of 24,576 for ViT-B/32), so a cached image costs kilobytes for its code; a small
+    dictionary's code is kept dense (:data:`DENSE_CODE_MAX_RATIO`)."""
 
     acts_TD: torch.Tensor
-    f_sparse_TS: torch.Tensor  # sparse COO
+    code_TS: torch.Tensor
+    """The SAE code (T, S): sparse COO (coalesced), or dense when small. Read it as :attr:`f_TS` (dense), or
+    pass it as it is to what accepts either (attribution.latent_scores, attribution.ranked_active)."""
     error_TD: torch.Tensor
     clean: dict = field(default_factory=dict, compare=False, repr=False)
     """Results of the unedited run, filled on first use: ``"image_emb_E"`` (Workbench.clean_image_embeddings)."""
 
     @classmethod
     def build(cls, acts_TD: torch.Tensor, f_TS: torch.Tensor, error_TD: torch.Tensor) -> SiteState:
+        sparse_bytes = int(torch.count_nonzero(f_TS)) * (f_TS.element_size() + 8 * f_TS.dim())
+        if f_TS.numel() * f_TS.element_size() <= DENSE_CODE_MAX_RATIO * sparse_bytes:
+            return cls(acts_TD.clone(), f_TS.clone(), error_TD.clone())
         return cls(acts_TD.clone(), f_TS.to_sparse().coalesce(), error_TD.clone())
 
     @property
     def f_TS(self) -> torch.Tensor:
-        """The dense SAE code (T, S), made on demand."""
-        return self.f_sparse_TS.to_dense()
+        """The dense SAE code (T, S), made on demand from a sparse one (read only)."""
+        return self.code_TS.to_dense() if self.code_TS.is_sparse else self.code_TS
 
     @property
     def nbytes(self) -> int:
-        f = self.f_sparse_TS
-        sparse_bytes = f.values().numel() * f.values().element_size() + f.indices().numel() * 8
-        return sparse_bytes + sum(t.numel() * t.element_size() for t in (self.acts_TD, self.error_TD))
+        f = self.code_TS
+        if f.is_sparse:
+            code_bytes = f.values().numel() * f.values().element_size() + f.indices().numel() * 8
+        else:
+            code_bytes = f.numel() * f.element_size()
+        return code_bytes + sum(t.numel() * t.element_size() for t in (self.acts_TD, self.error_TD))
 
     @property
     def explained_variance(self) -> float:
@@ -349,6 +363,8 @@ class Workbench:
         else:
             f_BTS = self.sae.encode(acts_BTD)
             error_BTD = acts_BTD - self.sae.decode(f_BTS, acts_BTD)
+        if self.sae.config.normalize_activations == "none":  # the scale is 1: spare a pass over f
+            return f_BTS, error_BTD
         return f_BTS * self.sae.output_scale(acts_BTD), error_BTD
 
     @torch.no_grad()

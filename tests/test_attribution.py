@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from engine import attribution, zeroshot
+from engine import sae as sae_module
 from engine.edits import Edit, edited_logits
 
 from .conftest import SHAPES
@@ -53,14 +54,18 @@ def test_label_lists_are_validated():
     assert zeroshot.parse_labels("cat,\n dog") == ["cat", "dog"]
 
 
-def test_sparse_latent_scores_equal_the_dense_formula(workbench, image):
+@pytest.mark.parametrize("dense_max_macs", [0, sae_module.DENSE_MAX_MACS], ids=["gather", "small-dense"])
+def test_sparse_latent_scores_equal_the_dense_formula(workbench, image, monkeypatch, dense_max_macs):
+    monkeypatch.setattr(sae_module, "DENSE_MAX_MACS", dense_max_macs)
     (state,) = workbench.site_states([image])
     grad_TD = torch.randn_like(state.acts_TD)
     dense = state.f_TS * (grad_TD @ workbench.sae.W_dec.T)
     torch.testing.assert_close(attribution.latent_scores(state.f_TS, grad_TD, workbench.sae.W_dec), dense)
-    torch.testing.assert_close(attribution.latent_scores(state.f_sparse_TS, grad_TD, workbench.sae.W_dec), dense)
+    torch.testing.assert_close(attribution.latent_scores(state.f_TS.to_sparse(), grad_TD, workbench.sae.W_dec), dense)
     scores_S = dense.sum(0)
-    assert attribution.ranked_active(scores_S, state.f_sparse_TS) == attribution.ranked_active(scores_S, state.f_TS)
+    assert attribution.ranked_active(scores_S, state.f_TS.to_sparse()) == attribution.ranked_active(
+        scores_S, state.f_TS
+    )
 
 
 def test_on_every_shipped_example_the_top_latents_heatmap_lands_on_the_shape(workbench):

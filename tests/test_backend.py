@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from engine.resident import SiteState
+
 
 def test_prefix_then_suffix_equals_the_models_own_forward(workbench, scene_images):
     images, _ = scene_images
@@ -41,9 +43,11 @@ def test_unknown_site_names_the_valid_ones(workbench):
 
 
 def test_sae_error_term_makes_insertion_a_no_op(workbench, image):
-    (state,) = workbench.site_states([image])
-    rebuilt = workbench.sae.decode(state.f_TS) + state.error_TD
-    torch.testing.assert_close(rebuilt, state.acts_TD, rtol=0, atol=1e-5)
+    acts_1TD = workbench.backend.prefix(workbench.pixels([image]), workbench.site)
+    f_1TS, error_1TD = workbench.encode(acts_1TD)
+    rebuilt = workbench.sae.decode(f_1TS[0]) + error_1TD[0]
+    torch.testing.assert_close(rebuilt, acts_1TD[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(f_1TS, workbench.sae.encode(acts_1TD), rtol=0, atol=0)
 
 
 def test_site_states_are_cached_by_image_content(workbench, scene_images):
@@ -135,3 +139,19 @@ def test_concurrent_first_requests_for_a_model_share_one_load():
     with ThreadPoolExecutor(4) as pool:
         loaded = list(pool.map(lambda _: load_workbench(ModelSpec.toy(), SAESpec.toy(), "cpu", 77), range(4)))
     assert all(workbench is loaded[0] for workbench in loaded)
+
+
+def test_a_cached_code_is_sparse_unless_the_dense_one_is_small():
+    """Both forms give the same code and count their own bytes; the toy's 384 latents stay dense (2.4 times
+    the sparse bytes), ViT-B/32's 24,576 go sparse (150 times)."""
+    torch.manual_seed(0)
+    for d_sae, dense in ((384, True), (24_576, False)):
+        pre_TS = torch.randn(37, d_sae)
+        values_TK, indices_TK = pre_TS.topk(32, dim=-1)
+        f_TS = torch.zeros_like(pre_TS).scatter(-1, indices_TK, values_TK.relu())
+        acts_TD = torch.randn(37, 96)
+        state = SiteState.build(acts_TD, f_TS, 0.1 * acts_TD)
+        assert state.code_TS.is_sparse is not dense
+        assert torch.equal(state.f_TS, f_TS)
+        code_bytes = f_TS.numel() * 4 if dense else int((f_TS != 0).sum()) * (4 + 16)
+        assert state.nbytes == code_bytes + 2 * acts_TD.numel() * 4
