@@ -110,21 +110,26 @@ def latent_card(
 
 def heat_thumbnail(image: Image.Image, map_HW: np.ndarray, size: int = THUMBNAIL_PX) -> Image.Image:
     """The image with the latent's per-patch activation laid over it in red (strongest patch: full red at half
-    opacity), its strongest patch outlined."""
+    opacity), its strongest patch outlined. The opacity is constant within a patch, so it is computed per patch
+    and laid over the image by PIL's compositing (a fifth of the time of blending every pixel in float; within
+    one level of 255 of it, tested)."""
     resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
-    base_HWC = np.asarray(image.convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
+    base = image.convert("RGB").resize((size, size), resample)
     peak = float(map_HW.max())
     heat_hw = np.clip(map_HW / peak, 0, 1) if peak > 0 else np.zeros_like(map_HW)
-    heat = Image.fromarray((heat_hw * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
-    alpha_HW1 = np.asarray(heat, dtype=np.float32)[..., None] / 255 * 0.5
-    red = np.array([1.0, 0.1, 0.1], dtype=np.float32)
-    picture = Image.fromarray(((base_HWC * (1 - alpha_HW1) + red * alpha_HW1) * 255).round().astype(np.uint8))
+    alpha_hw = np.round((heat_hw * 255).astype(np.uint8) * 0.5).astype(np.uint8)  # heat in 8 bits, at half opacity
+    alpha = Image.fromarray(alpha_hw).resize((size, size), Image.NEAREST)
+    picture = Image.composite(Image.new("RGB", (size, size), HEAT_RGB), base, alpha)
     if peak > 0:
         rows, cols = map_HW.shape
         r, c = divmod(int(map_HW.argmax()), cols)
         box = [c * size // cols, r * size // rows, (c + 1) * size // cols - 1, (r + 1) * size // rows - 1]
         ImageDraw.Draw(picture).rectangle(box, outline=(255, 255, 0), width=2)
     return picture
+
+
+HEAT_RGB = (255, 26, 26)
+"""The thumbnails' red (1.0, 0.1, 0.1 in 8 bits)."""
 
 
 def png_data_uri(image: Image.Image) -> str:

@@ -55,6 +55,17 @@ def toy_scenes(n: int, seed: int) -> tuple[tuple[render.Scene, int], ...]:
     return tuple(render.sample_scenes(n, seed))
 
 
+TOY_IMAGE_CACHE = 2048
+"""Rendered toy images kept (7 KB each, 14 MB in all): a latent card shows 16 of the index's images, each
+rendered in milliseconds, and cards of related latents share many."""
+
+
+@functools.lru_cache(maxsize=TOY_IMAGE_CACHE)
+def toy_image(n: int, seed: int, i: int) -> Image.Image:
+    scene, scene_seed = toy_scenes(n, seed)[i]
+    return render.render(scene, scene_seed)[0]
+
+
 @dataclass(frozen=True)
 class ToyImages(ImageSource):
     n: int
@@ -72,8 +83,7 @@ class ToyImages(ImageSource):
         return toy_scenes(self.n, self.seed)
 
     def load(self, i: int) -> Image.Image:
-        scene, seed = self.scenes[i]
-        return render.render(scene, seed)[0]
+        return toy_image(self.n, self.seed, i).copy()  # a copy: the caller may draw on it
 
     def scene(self, i: int) -> render.Scene:
         return self.scenes[i][0]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from engine import cards, index
@@ -145,3 +146,38 @@ def test_export_command_writes_html_and_json(tmp_path, monkeypatch):
             assert [card["latent"] for card in json.loads(text)["cards"]] == [3, 10]
     with pytest.raises(ValueError, match="within 0 .. 383"):
         index.main(["export", "--index", "assets/toy_index", "--latents", "3,999", "--out", str(tmp_path / "x.html")])
+
+
+def test_toy_images_are_rendered_once_and_handed_out_as_copies():
+    from engine.toyworld import render
+
+    source = ToyImages(6, 21)
+    scene, seed = render.sample_scenes(6, 21)[4]
+    rendered = np.asarray(render.render(scene, seed)[0])
+    first = source.load(4)
+    assert np.array_equal(np.asarray(first), rendered)
+    first.putpixel((0, 0), (1, 2, 3))  # a caller drawing on its copy changes nobody else's
+    assert np.array_equal(np.asarray(source.load(4)), rendered)
+
+
+def heat_thumbnail_blended_per_pixel(image, map_HW, size):
+    """The reference: every pixel blended in float with the red at the patch's opacity (half at the peak)."""
+    resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
+    base_HWC = np.asarray(image.convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
+    heat_hw = np.clip(map_HW / map_HW.max(), 0, 1) if map_HW.max() > 0 else np.zeros_like(map_HW)
+    heat = Image.fromarray((heat_hw * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    alpha_HW1 = np.asarray(heat, dtype=np.float32)[..., None] / 255 * 0.5
+    red = np.array([1.0, 0.1, 0.1], dtype=np.float32)
+    return ((base_HWC * (1 - alpha_HW1) + red * alpha_HW1) * 255).round()
+
+
+@pytest.mark.parametrize("side", [48, 224])
+def test_a_card_thumbnail_is_the_per_pixel_blend_within_one_level(side):
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    map_HW = rng.random((7, 7)).astype(np.float32)
+    out = np.asarray(cards.heat_thumbnail(image, map_HW, 140), dtype=np.float32)
+    outline = np.zeros((140, 140), bool)
+    r, c = divmod(int(map_HW.argmax()), 7)
+    outline[r * 20 : (r + 1) * 20, c * 20 : (c + 1) * 20] = True  # the strongest patch, outlined in yellow
+    assert np.abs(out - heat_thumbnail_blended_per_pixel(image, map_HW, 140))[~outline].max() <= 1

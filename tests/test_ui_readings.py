@@ -6,10 +6,10 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ui import glossary, readings
-from ui.common import blend, overlay, user_errors
+from ui.common import blend, colour_strip, overlay, user_errors, with_colour_scale
 
 
 @pytest.mark.parametrize(
@@ -104,6 +104,18 @@ def test_a_heatmap_is_sharp_has_a_colour_scale_and_the_patch_grid():
     assert scale_row[0][1] > scale_row[1][1]  # the scale goes from pale (0) to red (the maximum)
 
 
+def test_a_small_image_is_upscaled_by_a_whole_factor_so_its_pixels_are_all_one_size():
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    out = overlay(image, torch.zeros(6, 6))  # a blank map: the picture itself, with the grid
+    assert out.width == 240  # 5 x 48, the largest whole factor within 256
+    picture = np.asarray(out)[:240]
+    lines = np.zeros((240, 240), bool)
+    lines[:, 40::40] = lines[40::40, :] = True
+    expected = np.kron(np.asarray(image), np.ones((5, 5, 1), np.uint8))
+    assert np.array_equal(picture[~lines], expected[~lines])
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_the_composited_heatmap_equals_the_per_pixel_float_blend(signed):
     rng = np.random.default_rng(0)
@@ -118,6 +130,30 @@ def test_the_composited_heatmap_equals_the_per_pixel_float_blend(signed):
     lines = np.zeros((240, 240), bool)
     lines[:, 40::40] = lines[40::40, :] = True  # the white patch grid drawn over both
     assert np.abs(out - reference)[~lines].max() <= 2
+
+
+def legend_drawn_directly(picture, peak, signed, height=34):
+    """The reference: every part of the legend drawn on the picture's own canvas, nothing cached."""
+    width = picture.width
+    out = Image.new("RGB", (width, picture.height + height), (255, 255, 255))
+    out.paste(picture, (0, 0))
+    out.paste(colour_strip(width, signed), (0, picture.height + 2))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, picture.height + 2, width - 1, picture.height + 13], outline=(120, 120, 120))
+    y = picture.height + 16
+    draw.text((2, y), f"-{readings.number(peak)}" if signed and peak else "0", fill=(0, 0, 0))
+    draw.text((width - 2, y), readings.number(peak) if peak else "0 (fires on no patch)", fill=(0, 0, 0), anchor="ra")
+    if peak:
+        draw.text((width // 2, y), "activation per patch", fill=(90, 90, 90), anchor="ma")
+    return out
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("peak", [0.0, 3.217, 1234.5])
+def test_the_legend_from_its_cached_template_equals_one_drawn_directly(signed, peak):
+    picture = Image.new("RGB", (256, 256), (10, 120, 30))
+    fast = np.asarray(with_colour_scale(picture, peak, signed))
+    assert np.array_equal(fast, np.asarray(legend_drawn_directly(picture, peak, signed)))
 
 
 def test_a_user_error_logs_one_line_and_no_traceback(caplog):

@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from engine import images, vocabulary, zeroshot
 from engine.diff import DiffPair
@@ -207,11 +207,14 @@ def parse_latent(value, workbench: Workbench) -> int:
 def overlay(image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: bool = False) -> Image.Image:
     """The image with a per-patch map laid over it (red: high; blue: negative when ``signed``), the patch grid
     drawn in, and a colour scale beneath that says what the strongest red means. A small image (the toy's are
-    48 px) is upscaled with NEAREST, so its pixels stay sharp instead of blurring.
+    48 px) is upscaled with NEAREST by a whole factor (to 240 px, at most ``size``), so its pixels stay sharp,
+    all of one size, and the patch grid falls on pixel edges.
 
     The map is constant within a patch, so its colour and opacity are computed once per patch and laid over
     the image by PIL's compositing (a quarter of the time of blending every pixel in float)."""
     resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
+    if resample == Image.NEAREST and image.width == image.height:
+        size = image.width * (size // image.width)
     base = image.convert("RGB").resize((size, size), resample)
     values = map_HW.detach().float().cpu().numpy()
     peak = float(np.abs(values).max())
@@ -257,22 +260,40 @@ def colour_strip(width: int, signed: bool) -> Image.Image:
     return Image.fromarray((blend(np.ones((12, width, 3), np.float32), ramp, signed) * 255).round().astype(np.uint8))
 
 
+@functools.lru_cache(maxsize=1)
+def legend_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font, loaded once (each ``draw.text`` without a font loads it again)."""
+    return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=16)
+def legend_template(width: int, signed: bool, height: int, peak: bool) -> Image.Image:
+    """The parts of a legend strip that do not depend on the map: the ramp, its frame, the "0" of an unsigned
+    scale and the caption (drawing a line of text costs milliseconds, more than the rest of a heatmap)."""
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    out.paste(colour_strip(width, signed), (0, 2))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, 2, width - 1, 13], outline=(120, 120, 120))
+    if not signed or not peak:
+        draw.text((2, 16), "0", fill=(0, 0, 0), font=legend_font())
+    if peak:
+        draw.text((width // 2, 16), "activation per patch", fill=(90, 90, 90), anchor="ma", font=legend_font())
+    return out
+
+
 def with_colour_scale(picture: Image.Image, peak: float, signed: bool, height: int = 34) -> Image.Image:
     """``picture`` with a legend strip beneath: the overlay's colours over a white ground, from 0 (or -peak) to
     the map's largest value."""
     width = picture.width
     out = Image.new("RGB", (width, picture.height + height), (255, 255, 255))
     out.paste(picture, (0, 0))
-    out.paste(colour_strip(width, signed), (0, picture.height + 2))
+    out.paste(legend_template(width, signed, height, bool(peak)), (0, picture.height))
     draw = ImageDraw.Draw(out)
-    draw.rectangle([0, picture.height + 2, width - 1, picture.height + 13], outline=(120, 120, 120))
     y = picture.height + 16
-    low = f"-{readings.number(peak)}" if signed and peak else "0"
+    if signed and peak:
+        draw.text((2, y), f"-{readings.number(peak)}", fill=(0, 0, 0), font=legend_font())
     high = readings.number(peak) if peak else "0 (fires on no patch)"
-    draw.text((2, y), low, fill=(0, 0, 0))
-    draw.text((width - 2, y), high, fill=(0, 0, 0), anchor="ra")
-    if peak:
-        draw.text((width // 2, y), "activation per patch", fill=(90, 90, 90), anchor="ma")
+    draw.text((width - 2, y), high, fill=(0, 0, 0), anchor="ra", font=legend_font())
     return out
 
 
