@@ -65,7 +65,7 @@ class Edit:
         for value in (*self.latents, *(self.patches or ())):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UserInputError(f"latent ids and patch indices must be whole numbers; got {value!r}")
-        repeated = sorted(i for i, n in Counter(self.latents).items() if n > 1)
+        repeated = sorted(i for i, n in Counter(self.latents).items() if n > 1) if len(self.latents) > 1 else []
         if repeated:
             # "5, 5" at strength 0 would subtract f_5 * W_dec[5] twice: the latent inverted, not removed.
             raise UserInputError(f"each latent may appear once in an edit; repeated: {', '.join(map(str, repeated))}")
@@ -138,14 +138,15 @@ def group_deltas(
     if not edit.latents:
         return torch.zeros(*shape, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
     latents = list(edit.latents)
-    mask_11T1 = token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[None, None, :, None]
     if edit.mode == "scale":
         f_BTK = torch.stack([f_TS[:, latents] for f_TS in f_BTS]).to(W_dec_SD)
         coeff_GBTK = f_BTK[None] * (strengths_GK[:, None, None, :] - 1)
     else:
         coeff_GBTK = (strengths_GK * typical_S[latents].to(W_dec_SD))[:, None, None, :].expand(*shape, -1)
+    if edit.patches is not None:  # every token otherwise: no mask to multiply by
+        coeff_GBTK = coeff_GBTK * token_mask(n_tokens, n_prefix_tokens, edit.patches).to(W_dec_SD)[None, None, :, None]
     rows_KD = W_dec_SD[latents] if directions_KD is None else directions_KD.to(W_dec_SD)
-    return (coeff_GBTK * mask_11T1) @ rows_KD
+    return coeff_GBTK @ rows_KD
 
 
 def check_edit(workbench: Workbench, edit: Edit) -> None:
@@ -177,11 +178,17 @@ def edited_acts(
     for n, (edit, direction) in enumerate(zip(edits, directions, strict=True)):
         key = (edit.latents, edit.mode, edit.patches, None if direction is None else id(direction))
         groups.setdefault(key, []).append(n)
-    deltas_NBTD = torch.empty(len(edits), *acts_BTD.shape, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    deltas_NBTD = torch.zeros(len(edits), *acts_BTD.shape, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
     for rows in groups.values():
         edit, direction = edits[rows[0]], directions[rows[0]]
+        if not edit.latents:  # an empty edit adds exactly nothing
+            continue
         strengths_GK = torch.tensor([edits[n].strengths for n in rows], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-        deltas_NBTD[rows] = group_deltas(f_BTS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
+        deltas_GBTD = group_deltas(f_BTS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
+        if len(rows) == len(edits):
+            deltas_NBTD = deltas_GBTD
+        else:
+            deltas_NBTD[rows] = deltas_GBTD
     return acts_BTD.unsqueeze(0) + deltas_NBTD.to(acts_BTD.dtype)
 
 

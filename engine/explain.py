@@ -325,19 +325,25 @@ class Explainer:
         return explanation_key(self.vlm.spec.name, self.resident_sae, latent, settings)
 
 
-def explanation_key(vlm_name: str, sae: ResidentSAE, latent: int, settings: ExplainSettings) -> str:
-    """The disk cache's key: the VLM and the SAE (with their files' sizes and times), the latent, every setting."""
-    identity = {
+def explanation_key(
+    vlm_name: str, sae: ResidentSAE, latent: int, settings: ExplainSettings, identity: dict | None = None
+) -> str:
+    """The disk cache's key: the VLM and the SAE (with their files' sizes and times: :func:`model_identity`, which
+    a caller asking for many latents passes in, read once), the latent, every setting."""
+    identity = model_identity(vlm_name, sae) if identity is None else identity
+    key = {**identity, "latent": latent, "settings": asdict(settings.resolved()), "version": 1}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def model_identity(vlm_name: str, sae: ResidentSAE) -> dict:
+    """What names the VLM and the SAE in a cache key, their files' sizes and times included (a directory walk)."""
+    return {
         "vlm": vlm_name,
         "vlm_files": _fingerprint(vlm_name),
         "sae": sae.spec.path,
         "sae_site": sae.site,
         "sae_files": _fingerprint(str(sae.path)),
-        "latent": latent,
-        "settings": asdict(settings.resolved()),
-        "version": 1,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def cached_explanations(
@@ -348,9 +354,10 @@ def cached_explanations(
     settings: ExplainSettings = ExplainSettings(),
 ) -> dict[int, Explanation]:
     """The explanations already in the cache for ``latents`` (no model is loaded, nothing is generated)."""
+    identity = model_identity(vlm_name, sae)  # once, not once per latent
     found = {}
     for latent in latents:
-        hit = cache.get(explanation_key(vlm_name, sae, int(latent), settings))
+        hit = cache.get(explanation_key(vlm_name, sae, int(latent), settings, identity))
         if hit is not None:
             found[int(latent)] = hit
     return found
