@@ -24,7 +24,10 @@ endpoint 10 ms slower than the floor can read 50 ms slower; the REST figures sho
   and latent names, steering, the sweep, the held-out batch, the image check) timed in this process on the same
   kind of images while the server is idle; ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)``
   (``http_vs_engine_plus_floor`` the same with the REST figures);
-* ``vs_floor`` / ``http_vs_floor`` (toy): ``endpoint p50 / floor``.
+* ``vs_floor`` / ``http_vs_floor`` (toy): ``endpoint p50 / floor``;
+* ``upload_ms``: one image's upload alone, the way gradio_client sends it (a new HTTP client per file, whose
+  set-up, TLS certificates included, costs tens of milliseconds on every file: a client-side cost that the
+  floor, which uploads nothing, does not carry) and on one keep-alive connection.
 
 The gradio_client side uses ``download_files=False``: the timed span ends when the response (every table, text
 and plot, and the addresses of the heatmap files) has arrived, which is when a browser draws the result and
@@ -221,14 +224,43 @@ def time_endpoints(
 
 
 def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int) -> dict:
-    """:func:`time_endpoints` through gradio_client, then through the REST API (fresh images for each)."""
+    """:func:`time_endpoints` through gradio_client, then through the REST API (fresh images for each), and what
+    the image's upload alone costs each way."""
     from gradio_client import handle_file
 
     fresh = iter(files)
     endpoint_ms, floor = time_endpoints(client, calls, fresh, labels, repeats, handle_file)
     rest = RestClient(client.src)
     http_ms, http_floor = time_endpoints(rest, calls, fresh, labels, repeats, rest.file)
-    return {"gradio_floor_ms": floor, "endpoint_ms": endpoint_ms, "http_floor_ms": http_floor, "http_ms": http_ms}
+    return {
+        "gradio_floor_ms": floor,
+        "endpoint_ms": endpoint_ms,
+        "http_floor_ms": http_floor,
+        "http_ms": http_ms,
+        "upload_ms": upload_cost(rest, files[:repeats]),
+    }
+
+
+def upload_cost(rest: RestClient, files: list[str]) -> dict[str, float]:
+    """p50 of one image's upload alone: ``gradio_client`` style (a new HTTP client per file, as its
+    ``Endpoint._upload_file`` does with ``httpx.post``: the client's set-up, TLS certificates included, is paid
+    on every file) and on the REST client's one keep-alive connection."""
+    import httpx
+
+    def one_post(path: str) -> None:
+        with open(path, "rb") as f:
+            httpx.post(f"{rest.url}/gradio_api/upload", files={"files": (Path(path).name, f)}).raise_for_status()
+
+    out = {}
+    for name, upload in (("new_client_per_file", one_post), ("keep_alive", rest.file)):
+        upload(files[0])  # warm-up
+        seconds = []
+        for path in files:
+            start = time.perf_counter()
+            upload(path)
+            seconds.append(time.perf_counter() - start)
+        out[name] = round(statistics.median(seconds) * 1000, 1)
+    return out
 
 
 def downloads_cost(args: list[str], files: list[str], model: str, labels: str, template: str, repeats: int) -> dict:
