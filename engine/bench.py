@@ -15,6 +15,8 @@ prefix like a user's first request does, unless the figure is about the cache.
 * ``sweep_vs_ideal``: ours against the bare minimum written without engine code (one prefix forward, one
   SAE encode, one batched suffix pass);
 * ``attribution_vs_forward``: a full attribution of every latent against one forward with the SAE encode;
+  ``attribution_ideal_vs_forward`` is the same for the bare minimum of an attribution written without engine
+  code (the forward, the suffix's backward, the active latents' scores): the floor under the first;
 * ``cached_vs_first``: a second sweep on the same image against the first;
 * ``cold_start_s``: process start to the app answering an ``attribute`` request on the toy default;
 * ``rss_mb_after_200_images``: resident memory after 200 distinct images through attribute and sweep;
@@ -246,6 +248,30 @@ def forward_with_sae(workbench: Workbench, images: Images):
     return run
 
 
+def attribution_ideal(workbench: Workbench, images: Images):
+    """The bare minimum of an attribution, written without engine code: one prefix forward, one SAE encode, the
+    suffix with its backward for the logit difference's gradient at the site, and each active latent's score
+    f * (W_dec . grad) read at its k active entries per token. The floor under ``attribution_vs_forward``."""
+    text_emb_LE = workbench.text_embeddings(LABELS)
+    backend, sae, site = workbench.backend, workbench.sae, workbench.site
+
+    def run():
+        with torch.no_grad():
+            acts_1TD = backend.prefix(workbench.pixels([images()]), site)
+            values_TK, latents_TK = sae.encode(acts_1TD)[0].topk(sae.config.k, dim=-1)
+        x_1TD = acts_1TD.requires_grad_(True)
+        with torch.enable_grad():
+            image_emb_1E = backend.suffix(x_1TD, site).float()
+            logits_L = backend.logit_scale * (image_emb_1E / image_emb_1E.norm())[0] @ text_emb_LE.T
+            target = int(logits_L.argmax())
+            others_L = logits_L.detach().clone()
+            others_L[target] = float("-inf")
+            (grad_1TD,) = torch.autograd.grad(logits_L[target] - logits_L[int(others_L.argmax())], x_1TD)
+        return values_TK * (sae.W_dec[latents_TK] @ grad_1TD[0].unsqueeze(-1)).squeeze(-1)
+
+    return run
+
+
 def same_image_sweeps(workbench: Workbench, images: Images, latent: int):
     """(first, second) request on one image, for the cache ratio; each pair uses a new image."""
     pending: list[Image.Image] = []
@@ -328,6 +354,8 @@ def speed_ratios(workbench: Workbench, images: Images, latent: int, repeats: int
     )
     out["attribution_vs_forward"] = round(ratio, 3)
     out["attribution_seconds"] = round(t_attr, 4)
+    ratio, _, _ = interleaved_ratio(forward_with_sae(workbench, images), attribution_ideal(workbench, images), repeats)
+    out["attribution_ideal_vs_forward"] = round(ratio, 3)
     first, second = same_image_sweeps(workbench, images, latent)
     ratio, _, _ = interleaved_ratio(first, second, repeats)
     out["cached_vs_first"] = round(ratio, 3)

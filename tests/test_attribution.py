@@ -94,3 +94,14 @@ def test_on_every_shipped_example_the_top_latents_heatmap_lands_on_the_shape(wor
             truth.patch_fraction(render.IMAGE_SIZE // workbench.backend.grid[0])["shape"] > 0
         )
         assert bool(on_shape_HW.flatten()[int(map_HW.flatten().argmax())]), f"{name}: latent {top} peaks off the shape"
+
+
+def test_the_benchs_bare_minimum_attribution_computes_the_engines_scores(workbench, image):
+    """engine.bench's yardstick (no engine code) gives the same scores at the active latents: the ratio
+    compares equal work."""
+    from engine import bench
+
+    scores_TK = bench.attribution_ideal(workbench, lambda: image)()
+    result = attribution.attribute(workbench, image, bench.LABELS)
+    latents_TK = result.state.f_TS.topk(workbench.sae.config.k, dim=-1).indices
+    torch.testing.assert_close(result.scores_TS.gather(1, latents_TK), scores_TK, rtol=1e-4, atol=1e-5)
