@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ui import glossary, readings
-from ui.common import blend, colour_strip, overlay, user_errors, with_colour_scale
+from ui.common import blend, colour_strip, overlay, overlay_base, user_errors, with_colour_scale
 
 
 @pytest.mark.parametrize(
@@ -114,6 +114,10 @@ def test_a_small_image_is_upscaled_by_a_whole_factor_so_its_pixels_are_all_one_s
     lines[:, 40::40] = lines[40::40, :] = True
     expected = np.kron(np.asarray(image), np.ones((5, 5, 1), np.uint8))
     assert np.array_equal(picture[~lines], expected[~lines])
+    map_HW = torch.rand(6, 6)  # a request's heatmaps share one base picture, made once: the same drawing
+    assert np.array_equal(
+        np.asarray(overlay(image, map_HW)), np.asarray(overlay(image, map_HW, base=overlay_base(image)))
+    )
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -204,18 +204,29 @@ def parse_latent(value, workbench: Workbench) -> int:
     return workbench.check_latent(int(number))
 
 
-def overlay(image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: bool = False) -> Image.Image:
+def overlay_base(image: Image.Image, size: int = 256) -> Image.Image:
+    """The picture every heatmap of ``image`` is drawn on: a small image (the toy's are 48 px) upscaled with
+    NEAREST by a whole factor (to 240 px, at most ``size``), so its pixels stay sharp, all of one size, and the
+    patch grid falls on pixel edges; a photograph resized to ``size`` (BICUBIC). Made once per request, not once
+    per heatmap (a large photograph's resize costs more than the rest of a heatmap)."""
+    if max(image.size) < size:
+        if image.width == image.height:
+            size = image.width * (size // image.width)
+        return image.convert("RGB").resize((size, size), Image.NEAREST)
+    return image.convert("RGB").resize((size, size), Image.BICUBIC)
+
+
+def overlay(
+    image: Image.Image, map_HW: torch.Tensor, size: int = 256, signed: bool = False, base: Image.Image | None = None
+) -> Image.Image:
     """The image with a per-patch map laid over it (red: high; blue: negative when ``signed``), the patch grid
-    drawn in, and a colour scale beneath that says what the strongest red means. A small image (the toy's are
-    48 px) is upscaled with NEAREST by a whole factor (to 240 px, at most ``size``), so its pixels stay sharp,
-    all of one size, and the patch grid falls on pixel edges.
+    drawn in, and a colour scale beneath that says what the strongest red means, on :func:`overlay_base` (pass
+    it as ``base`` when drawing several maps of one image).
 
     The map is constant within a patch, so its colour and opacity are computed once per patch and laid over
     the image by PIL's compositing (a quarter of the time of blending every pixel in float)."""
-    resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
-    if resample == Image.NEAREST and image.width == image.height:
-        size = image.width * (size // image.width)
-    base = image.convert("RGB").resize((size, size), resample)
+    base = overlay_base(image, size) if base is None else base
+    size = base.width
     values = map_HW.detach().float().cpu().numpy()
     peak = float(np.abs(values).max())
     colour_HWC, alpha_HW = overlay_colours(np.clip(values / (peak or 1.0), -1, 1), signed)
@@ -317,8 +328,9 @@ def heatmap_files_started(
 ) -> Iterator[str]:
     """:func:`heatmap_files` started now, its paths read later (iterate): the drawing overlaps what the handler
     does meanwhile (the model's work, which also lets go of the GIL)."""
+    base = overlay_base(picture)
     return _drawing_pool.map(
-        lambda item: save_drawing(overlay(picture, item[0], signed=signed), item[1], picture), maps
+        lambda item: save_drawing(overlay(picture, item[0], signed=signed, base=base), item[1], picture), maps
     )
 
 
