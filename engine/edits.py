@@ -154,6 +154,12 @@ def check_edit(workbench: Workbench, edit: Edit) -> None:
         workbench.check_latent(latent)
 
 
+def check_edits(workbench: Workbench, edits: Sequence[Edit]) -> None:
+    """Every latent the edits name exists (each distinct latent checked once: a sweep names one 16 times)."""
+    for latent in {latent for edit in edits for latent in edit.latents}:
+        workbench.check_latent(latent)
+
+
 def edited_acts(
     workbench: Workbench,
     states: Sequence[SiteState],
@@ -162,8 +168,7 @@ def edited_acts(
 ) -> torch.Tensor:
     """Site activations (N, B, T, D) of every edit on every image. ``directions[n]``, when given, replaces
     edit n's decoder rows (K, D)."""
-    for edit in edits:
-        check_edit(workbench, edit)
+    check_edits(workbench, edits)
     directions = directions or [None] * len(edits)
     if len(directions) != len(edits):
         raise ValueError(f"one direction entry per edit: {len(edits)} edits, {len(directions)} directions")
@@ -210,8 +215,7 @@ def edited_logits(
     one more row of this pass instead: a request whose batch is fixed by its own arguments (a sweep's
     strengths) then pays one row, not a separate pass of the suffix, and its answer still depends on nothing
     else (the last bits may differ from the cached row's: kernels differ with the batch size)."""
-    for edit in edits:
-        check_edit(workbench, edit)
+    check_edits(workbench, edits)
     directions = list(directions or [None] * len(edits))
     changed = [i for i, edit in enumerate(edits) if not edit.is_noop]
     unchanged = [i for i in range(len(edits)) if i not in changed]

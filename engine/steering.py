@@ -106,11 +106,19 @@ def sweep(
     n = len(strengths)
     result = {"strengths": [float(s) for s in strengths], "target": labels[target], "latent": latent, "mode": mode}
     for name, rows_NL in zip(("latent", "random"), logits_NL.split(n), strict=False):
+        curves_4N = torch.stack(
+            [
+                zeroshot.logit_difference(rows_NL, target),
+                rows_NL.softmax(-1)[:, target],
+                zeroshot.kl_from(base_logits_L, rows_NL),
+                rows_NL.argmax(-1).to(rows_NL.dtype),
+            ]
+        ).tolist()  # one conversion to Python numbers, not four
         result[name] = {
-            "logit_difference": zeroshot.logit_difference(rows_NL, target).tolist(),
-            "probability": rows_NL.softmax(-1)[:, target].tolist(),
-            "kl": zeroshot.kl_from(base_logits_L, rows_NL).tolist(),
-            "predicted": [labels[i] for i in rows_NL.argmax(-1).tolist()],
+            "logit_difference": curves_4N[0],
+            "probability": curves_4N[1],
+            "kl": curves_4N[2],
+            "predicted": [labels[int(i)] for i in curves_4N[3]],
         }
     return result
 
