@@ -180,3 +180,12 @@ def test_a_bug_logs_its_traceback_once_and_tells_the_user_nothing_internal(caplo
         user_errors(handler)()
     assert "/secret/path" not in raised.value.message and not raised.value.print_exception
     assert sum(1 for r in caplog.records if r.exc_info) == 1
+
+
+def test_pixel_art_is_drawn_sharp_as_png_and_a_224_px_photograph_smoothly_as_jpeg():
+    from ui.common import save_drawing
+
+    scene, photo = Image.new("RGB", (48, 48), (9, 9, 9)), Image.new("RGB", (224, 224), (9, 9, 9))
+    assert overlay_base(scene).size == (240, 240) and overlay_base(photo).size == (256, 256)
+    assert save_drawing(overlay(scene, torch.rand(6, 6)), "t_", scene).endswith(".png")
+    assert save_drawing(overlay(photo, torch.rand(7, 7)), "t_", photo).endswith(".jpg")
