@@ -218,8 +218,7 @@ def edited_logits(
     check_edits(workbench, edits)
     directions = list(directions or [None] * len(edits))
     changed = [i for i, edit in enumerate(edits) if not edit.is_noop]
-    unchanged = [i for i in range(len(edits)) if i not in changed]
-    logits_NBL = torch.empty(len(edits), len(states), text_emb_LE.shape[0], device=text_emb_LE.device)  # float32
+    unchanged = sorted(set(range(len(edits))) - set(changed))
     in_pass = [edits[i] for i in changed]
     if unedited_in_pass and unchanged:
         in_pass.insert(0, NO_EDIT)
@@ -228,6 +227,10 @@ def edited_logits(
         acts_NBTD = edited_acts(workbench, states, in_pass, rows)
         n, b = acts_NBTD.shape[:2]
         pass_NBL = workbench.logits_from_acts(acts_NBTD.flatten(0, 1), text_emb_LE).view(n, b, -1)
+        if n == len(edits) and unchanged in ([], [0]):  # the pass's rows are the requested ones, in order
+            return pass_NBL.float()
+    logits_NBL = torch.empty(len(edits), len(states), text_emb_LE.shape[0], device=text_emb_LE.device)  # float32
+    if in_pass:
         logits_NBL[changed] = pass_NBL[n - len(changed) :]
     if unchanged:
         if unedited_in_pass:
