@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,3 +32,20 @@ def image(scene_images):
 
 
 SHAPES = ["circle", "square", "triangle", "cross"]
+
+
+@contextlib.contextmanager
+def suffix_row_counts(workbench):
+    """Within the block, the number of rows of every pass through the workbench's suffix, in order."""
+    rows_seen = []
+    suffix = workbench.backend.suffix
+
+    def counting_suffix(acts_BTD, site):
+        rows_seen.append(acts_BTD.shape[0])
+        return suffix(acts_BTD, site)
+
+    workbench.backend.suffix = counting_suffix
+    try:
+        yield rows_seen
+    finally:
+        workbench.backend.suffix = suffix

@@ -7,7 +7,7 @@ from engine import attribution, edits, heldout, steering, zeroshot
 from engine.edits import NO_EDIT, Edit, edited_logits
 from engine.resident import load_workbench
 
-from .conftest import SHAPES
+from .conftest import SHAPES, suffix_row_counts
 from .references import hooked_steered_logits
 
 
@@ -36,15 +36,7 @@ def test_unedited_rows_come_from_each_images_cached_embedding_and_equal_a_full_f
     workbench.clear_cache()
     states = workbench.site_states(images)
     removal = Edit.removal([int(states[0].f_TS.sum(0).argmax())])
-    rows_seen = []
-    suffix = workbench.backend.suffix
-
-    def counting_suffix(acts_BTD, site):
-        rows_seen.append(acts_BTD.shape[0])
-        return suffix(acts_BTD, site)
-
-    workbench.backend.suffix = counting_suffix
-    try:
+    with suffix_row_counts(workbench) as rows_seen:
         first = edited_logits(workbench, states, [NO_EDIT, removal], text)
         assert rows_seen == [3, 1, 1, 1]  # the edited rows in one batch; each image's unedited run alone
         assert all("image_emb_E" in state.clean for state in states)
@@ -52,8 +44,6 @@ def test_unedited_rows_come_from_each_images_cached_embedding_and_equal_a_full_f
         assert rows_seen == [3, 1, 1, 1, 3]  # only the edited rows ran
         for state in states:  # exactly what a request with this image alone computes
             assert torch.equal(state.clean["image_emb_E"], workbench.image_embeddings(state.acts_TD.unsqueeze(0))[0])
-    finally:
-        workbench.backend.suffix = suffix
     assert torch.equal(second[1], second[2]) and torch.equal(second[2], first[0])
     torch.testing.assert_close(first[0], workbench.predict(images, SHAPES))
     torch.testing.assert_close(second[0], first[1])
@@ -67,24 +57,14 @@ def test_a_sweeps_unedited_row_runs_in_its_own_pass_and_never_depends_on_the_cac
     text = workbench.text_embeddings(SHAPES)
     latent = top_latent(workbench, image)
     edits_ = [NO_EDIT, Edit((latent,), (0.0,)), Edit((latent,), (1.0,)), Edit((latent,), (2.0,))]
-    rows_seen = []
-    suffix = workbench.backend.suffix
-
-    def counting_suffix(acts_BTD, site):
-        rows_seen.append(acts_BTD.shape[0])
-        return suffix(acts_BTD, site)
-
     workbench.clear_cache()
     (state,) = workbench.site_states([image])
-    workbench.backend.suffix = counting_suffix
-    try:
+    with suffix_row_counts(workbench) as rows_seen:
         fresh = edited_logits(workbench, [state], edits_, text, unedited_in_pass=True)[:, 0]
         assert rows_seen == [3]  # unedited, 0 and 2 in one pass; strength 1 is not run
         assert "image_emb_E" not in state.clean
         workbench.clean_image_embeddings([state])
         cached = edited_logits(workbench, [state], edits_, text, unedited_in_pass=True)[:, 0]
-    finally:
-        workbench.backend.suffix = suffix
     assert torch.equal(fresh, cached)
     assert torch.equal(fresh[0], fresh[2])
     torch.testing.assert_close(fresh, edited_logits(workbench, [state], edits_, text)[:, 0])

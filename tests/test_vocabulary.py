@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from engine import vocabulary
 
+from .conftest import suffix_row_counts
+
 
 def batched_joint_directions(workbench, latents, alpha_fraction=vocabulary.ALPHA_FRACTION):
     """The reference: the reference image and every latent in one batch through the suffix."""
@@ -19,22 +21,12 @@ def batched_joint_directions(workbench, latents, alpha_fraction=vocabulary.ALPHA
 
 def test_a_latents_joint_direction_is_computed_alone_once_and_never_depends_on_the_others(workbench):
     vocabulary._JOINT_MEMO.pop(workbench, None)  # nothing named yet
-    rows_seen = []
-    suffix = workbench.backend.suffix
-
-    def counting_suffix(acts_BTD, site):
-        rows_seen.append(acts_BTD.shape[0])
-        return suffix(acts_BTD, site)
-
-    workbench.backend.suffix = counting_suffix
-    try:
+    with suffix_row_counts(workbench) as rows_seen:
         both = vocabulary.joint_directions(workbench, [5, 9])
         assert rows_seen == [1, 1, 1]  # the reference, then each latent, alone
         alone = vocabulary.joint_directions(workbench, [9])
         again = vocabulary.joint_directions(workbench, [9, 5, 5])
         assert rows_seen == [1, 1, 1]  # named before: nothing runs
-    finally:
-        workbench.backend.suffix = suffix
     assert torch.equal(alone[0], both[1]) and torch.equal(again, both[[1, 0, 0]])
     torch.testing.assert_close(both, batched_joint_directions(workbench, [5, 9]), rtol=1e-4, atol=1e-5)
     assert vocabulary.joint_directions(workbench, []).shape == (0, both.shape[1])
