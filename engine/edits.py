@@ -149,11 +149,6 @@ def group_deltas(
     return coeff_GBTK @ rows_KD
 
 
-def check_edit(workbench: Workbench, edit: Edit) -> None:
-    for latent in edit.latents:
-        workbench.check_latent(latent)
-
-
 def check_edits(workbench: Workbench, edits: Sequence[Edit]) -> None:
     """Every latent the edits name exists (each distinct latent checked once: a sweep names one 16 times)."""
     for latent in {latent for edit in edits for latent in edit.latents}:

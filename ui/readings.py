@@ -63,9 +63,7 @@ class ShownTable(dict):
     the browser shows), with the rounded frame itself as ``.frame`` for Python callers. Built directly: a pandas
     ``Styler`` costs 3 to 4 ms a table to format and for Gradio to read back, on every request."""
 
-    def __init__(self, frame: pd.DataFrame, shown: list[list[str]], rows: list[list] | None = None):
-        if rows is None:
-            rows = frame.to_dict(orient="split")["data"]
+    def __init__(self, frame: pd.DataFrame, shown: list[list[str]], rows: list[list]):
         data = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
         super().__init__(
             headers=[str(c) for c in frame.columns],
