@@ -241,11 +241,23 @@ class SiteState:
     """Results of the unedited run, filled on first use: ``"image_emb_E"`` (Workbench.clean_image_embeddings)."""
 
     @classmethod
-    def build(cls, acts_TD: torch.Tensor, f_TS: torch.Tensor, error_TD: torch.Tensor) -> SiteState:
-        sparse_bytes = int(torch.count_nonzero(f_TS)) * (f_TS.element_size() + 8 * f_TS.dim())
+    def build(
+        cls,
+        acts_TD: torch.Tensor,
+        f_TS: torch.Tensor,
+        error_TD: torch.Tensor,
+        max_nonzero: int | None = None,
+        copy: bool = True,
+    ) -> SiteState:
+        """The state of one image. ``max_nonzero`` bounds the code's non-zeros when that is known without
+        counting them (a TopK SAE: k per token), for the choice between dense and sparse; ``copy=False`` when the
+        tensors are the image's own, not views into a batch that the state should not keep alive."""
+        nonzero = int(torch.count_nonzero(f_TS)) if max_nonzero is None else max_nonzero
+        sparse_bytes = nonzero * (f_TS.element_size() + 8 * f_TS.dim())
+        own = (lambda t: t.clone()) if copy else (lambda t: t)
         if f_TS.numel() * f_TS.element_size() <= DENSE_CODE_MAX_RATIO * sparse_bytes:
-            return cls(acts_TD.clone(), f_TS.clone(), error_TD.clone())
-        return cls(acts_TD.clone(), f_TS.to_sparse().coalesce(), error_TD.clone())
+            return cls(own(acts_TD), own(f_TS), own(error_TD))
+        return cls(own(acts_TD), f_TS.to_sparse().coalesce(), own(error_TD))
 
     @property
     def f_TS(self) -> torch.Tensor:
@@ -377,8 +389,13 @@ class Workbench:
             if missing:
                 acts_BTD = self.backend.prefix(self.pixels([images[i] for i in missing]), self.site)
                 f_BTS, error_BTD = self.encode(acts_BTD)
+                config = self.sae.config
+                max_nonzero = acts_BTD.shape[1] * config.k if config.architecture == "topk" else None
                 for j, i in enumerate(missing):
-                    state = self._states[keys[i]] = SiteState.build(acts_BTD[j], f_BTS[j], error_BTD[j])
+                    state = SiteState.build(
+                        acts_BTD[j], f_BTS[j], error_BTD[j], max_nonzero, copy=len(missing) > 1
+                    )  # fmt: skip
+                    self._states[keys[i]] = state
                     self._states_bytes += state.nbytes
             for k in keys:
                 self._states.move_to_end(k)

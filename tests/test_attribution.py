@@ -54,6 +54,22 @@ def test_label_lists_are_validated():
     assert zeroshot.parse_labels("cat,\n dog") == ["cat", "dog"]
 
 
+def test_logit_difference_has_the_value_and_gradient_of_a_max_over_the_other_labels():
+    """The runner-up is picked outside autograd; value and gradient are those of the plain formula."""
+    torch.manual_seed(0)
+    logits_BL = torch.randn(5, 7, requires_grad=True)
+    for target in (0, 3):
+        others_BL = logits_BL.clone()
+        others_BL[:, target] = float("-inf")
+        reference_B = logits_BL[:, target] - others_BL.max(dim=1).values
+        value_B = zeroshot.logit_difference(logits_BL, target)
+        assert torch.equal(value_B, reference_B)
+        weights_B = torch.arange(1.0, 6.0)
+        (grad,) = torch.autograd.grad((value_B * weights_B).sum(), logits_BL)
+        (reference_grad,) = torch.autograd.grad((reference_B * weights_B).sum(), logits_BL)
+        assert torch.equal(grad, reference_grad) and grad[:, target].eq(weights_B).all()
+
+
 @pytest.mark.parametrize("dense_max_macs", [0, sae_module.DENSE_MAX_MACS], ids=["gather", "small-dense"])
 def test_sparse_latent_scores_equal_the_dense_formula(workbench, image, monkeypatch, dense_max_macs):
     monkeypatch.setattr(sae_module, "DENSE_MAX_MACS", dense_max_macs)

@@ -153,5 +153,8 @@ def test_a_cached_code_is_sparse_unless_the_dense_one_is_small():
         state = SiteState.build(acts_TD, f_TS, 0.1 * acts_TD)
         assert state.code_TS.is_sparse is not dense
         assert torch.equal(state.f_TS, f_TS)
+        bounded = SiteState.build(acts_TD, f_TS, 0.1 * acts_TD, max_nonzero=37 * 32, copy=False)
+        assert bounded.code_TS.is_sparse is not dense and torch.equal(bounded.f_TS, f_TS)
+        assert bounded.acts_TD is acts_TD and state.acts_TD is not acts_TD
         code_bytes = f_TS.numel() * 4 if dense else int((f_TS != 0).sum()) * (4 + 16)
         assert state.nbytes == code_bytes + 2 * acts_TD.numel() * 4
