@@ -294,7 +294,7 @@ def engine_calls(workbench: Workbench, labels: list[str], template: str, latent:
 
     def heatmap(image):
         (state,) = workbench.site_states([image])
-        attribution.patch_map(state.f_TS[:, latent], workbench.backend.grid)
+        attribution.patch_map(state.columns([latent])[:, 0], workbench.backend.grid)
         vocabulary.latent_names(workbench, [latent], template, concepts)
 
     def steer(image):

@@ -118,11 +118,12 @@ def edit_delta(
     an empty edit or all s = 1. ``directions_KD`` replaces the edited latents' decoder rows (the random
     baseline moves another direction by the same coefficients)."""
     strengths_1K = torch.tensor([edit.strengths], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-    return group_deltas([f_TS], W_dec_SD, edit, strengths_1K, typical_S, n_prefix_tokens, directions_KD)[0, 0]
+    f_1TK = f_TS[:, list(edit.latents)].unsqueeze(0)
+    return group_deltas(f_1TK, W_dec_SD, edit, strengths_1K, typical_S, n_prefix_tokens, directions_KD)[0, 0]
 
 
 def group_deltas(
-    f_BTS: Sequence[torch.Tensor],
+    f_BTK: torch.Tensor,
     W_dec_SD: torch.Tensor,
     edit: Edit,
     strengths_GK: torch.Tensor,
@@ -131,16 +132,15 @@ def group_deltas(
     directions_KD: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`edit_delta` for G edits that differ from ``edit`` only in their strengths (a sweep's rows; row g
-    with the strengths ``strengths_GK[g]``), on B images at once (their dense codes ``f_BTS[b]``, (T, S) each):
-    (G, B, T, D) in one product."""
-    n_tokens, d_model = f_BTS[0].shape[0], W_dec_SD.shape[1]
-    shape = (len(strengths_GK), len(f_BTS), n_tokens)
+    with the strengths ``strengths_GK[g]``), on B images at once, from the edited latents' activations on them
+    (``f_BTK``, (B, T, K): column k is ``edit.latents[k]``): (G, B, T, D) in one product."""
+    n_tokens, d_model = f_BTK.shape[1], W_dec_SD.shape[1]
+    shape = (len(strengths_GK), f_BTK.shape[0], n_tokens)
     if not edit.latents:
         return torch.zeros(*shape, d_model, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
     latents = list(edit.latents)
     if edit.mode == "scale":
-        f_BTK = torch.stack([f_TS[:, latents] for f_TS in f_BTS]).to(W_dec_SD)
-        coeff_GBTK = f_BTK[None] * (strengths_GK[:, None, None, :] - 1)
+        coeff_GBTK = f_BTK.to(W_dec_SD)[None] * (strengths_GK[:, None, None, :] - 1)
     else:
         coeff_GBTK = (strengths_GK * typical_S[latents].to(W_dec_SD))[:, None, None, :].expand(*shape, -1)
     if edit.patches is not None:  # every token otherwise: no mask to multiply by
@@ -172,7 +172,6 @@ def edited_acts(
     W_dec_SD = workbench.sae.W_dec
     n_prefix = workbench.backend.n_prefix_tokens
     acts_BTD = torch.stack([s.acts_TD for s in states])
-    f_BTS = [s.f_TS for s in states]  # densified once per image, not once per edit
     # edits that differ only in their strengths (a sweep's rows) get their deltas in one product
     groups: dict[tuple, list[int]] = {}
     for n, (edit, direction) in enumerate(zip(edits, directions, strict=True)):
@@ -184,7 +183,8 @@ def edited_acts(
         if not edit.latents:  # an empty edit adds exactly nothing
             continue
         strengths_GK = torch.tensor([edits[n].strengths for n in rows], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
-        deltas_GBTD = group_deltas(f_BTS, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
+        f_BTK = torch.stack([s.columns(edit.latents) for s in states])  # the edited columns alone, never densified
+        deltas_GBTD = group_deltas(f_BTK, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
         if len(rows) == len(edits):
             deltas_NBTD = deltas_GBTD
         else:

@@ -153,6 +153,11 @@ def test_a_cached_code_is_sparse_unless_the_dense_one_is_small():
         state = SiteState.build(acts_TD, f_TS, 0.1 * acts_TD)
         assert state.code_TS.is_sparse is not dense
         assert torch.equal(state.f_TS, f_TS)
+        active = f_TS.any(0).nonzero().flatten().tolist()
+        latents = [active[3], active[0], (set(range(d_sae)) - set(active)).pop(), active[3]]  # a silent one, a repeat
+        assert torch.equal(state.columns(latents), f_TS[:, latents])
+        assert state.columns([]).shape == (37, 0)
+        torch.testing.assert_close(state.activation_S, f_TS.sum(0))
         bounded = SiteState.build(acts_TD, f_TS, 0.1 * acts_TD, max_nonzero=37 * 32, copy=False)
         assert bounded.code_TS.is_sparse is not dense and torch.equal(bounded.f_TS, f_TS)
         assert bounded.acts_TD is acts_TD and state.acts_TD is not acts_TD

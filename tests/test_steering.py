@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine import attribution, edits, heldout, steering, zeroshot
+from engine import attribution, edits, heldout, resident, steering, zeroshot
 from engine.edits import NO_EDIT, Edit, edited_logits
 from engine.resident import load_workbench
 
@@ -82,9 +82,23 @@ def test_a_sweeps_unedited_row_runs_in_its_own_pass_and_never_depends_on_the_cac
         ("add", tuple(range(0, 36, 2)), [3.0, 8.0]),
     ],
 )
-def test_batched_sweep_equals_one_hooked_full_forward_per_strength(workbench, image, mode, patches, strengths):
+@pytest.mark.parametrize("code", ["dense", "sparse"])
+def test_batched_sweep_equals_one_hooked_full_forward_per_strength(
+    workbench, image, mode, patches, strengths, code, monkeypatch
+):
     """The fast sweep (cached prefix, decoder-row arithmetic, one batched suffix) against one full forward per
-    strength that edits the SAE code with the SAE's own encode and decode (tests/references.py)."""
+    strength that edits the SAE code with the SAE's own encode and decode (tests/references.py); with the cached
+    code dense (the toy's) and sparse (a large dictionary's, whose edited columns are read from its non-zeros)."""
+    monkeypatch.setattr(resident, "DENSE_CODE_MAX_RATIO", 4 if code == "dense" else 0)
+    workbench.clear_cache()
+    try:
+        assert workbench.site_states([image])[0].code_TS.is_sparse is (code == "sparse")
+        compare_sweep_with_hooked_forwards(workbench, image, mode, patches, strengths)
+    finally:
+        workbench.clear_cache()  # the session's workbench goes back to the toy's own (dense) codes
+
+
+def compare_sweep_with_hooked_forwards(workbench, image, mode, patches, strengths):
     latent = top_latent(workbench, image)
     result = steering.sweep(workbench, image, SHAPES, latent, strengths, mode=mode, patches=patches)
     target = SHAPES.index(result["target"])

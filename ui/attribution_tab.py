@@ -44,8 +44,7 @@ def run_attribution(ctx: ModelContext, image, labels_text, template, target, met
     template = template or None
     result = attribution.attribute(workbench, picture, labels, target or None, metric or "logit_difference", template)
     latents = result.top(top_k)
-    f_TS = result.state.f_TS
-    activation_S = f_TS.sum(0)
+    activation_S = result.state.activation_S
     names = ctx.latent_names(latents, template)
     warnings = attribution.warnings_for(workbench, result.state)
     table = pd.DataFrame(
@@ -61,7 +60,8 @@ def run_attribution(ctx: ModelContext, image, labels_text, template, target, met
     if explained:  # the Explain tab's words for each latent, where it has explained them
         table["explanation"] = [explained.get(i, "") for i in latents]
     grid = workbench.backend.grid
-    maps = [(attribution.patch_map(f_TS[:, i], grid), f"latent{i}_") for i in latents[:6]]
+    f_TK = result.state.columns(latents[:6])
+    maps = [(attribution.patch_map(f_TK[:, k], grid), f"latent{i}_") for k, i in enumerate(latents[:6])]
     captions = [
         f"#{i} {names[i][0]}" + (" (class token only: blank map)" if float(map_HW.abs().max()) == 0 else "")
         for i, (map_HW, _) in zip(latents, maps, strict=False)
@@ -163,7 +163,7 @@ def latent_heatmap(ctx: ModelContext, image, latent, template=None) -> tuple[str
     picture = load_image(image)
     latent = parse_latent(latent, workbench)
     (state,) = workbench.site_states([picture])
-    f_T = state.f_TS[:, latent]
+    f_T = state.columns([latent])[:, 0]
     map_HW = attribution.patch_map(f_T, workbench.backend.grid)
     name = ctx.latent_names([latent], template or None)[latent][0]
     class_token = float(f_T[0]) if workbench.backend.n_prefix_tokens else None
