@@ -2,6 +2,7 @@
 
     python -m engine.evaluate            # a readable report
     python -m engine.evaluate --json     # one JSON object on stdout
+    python -m engine.evaluate --json --model DIR/toy_clip --sae DIR/toy_sae   # a rebuilt toy CLIP and its SAE
 
 Everything is measured on freshly rendered held-out scenes with fixed seeds that no trainer uses; no scene
 is selected or dropped. For each scene and factor, the task is the factor's zero-shot question: classify
@@ -16,6 +17,11 @@ among the factor's values, the other words of the caption fixed to the truth. Th
   the top-20 latents, median over (scene, factor) pairs;
 * ``deletion_to_flip_median``: latents removed cumulatively in attribution order until the predicted value
   changes (capped at 100); the same in random order among the image's active latents and in activation order;
+  the details add the share of pairs that flip within 3 and that never flip within the cap, and
+  ``all_latents_removed_flip_rate``: the share whose answer changes when every latent active on the image is
+  removed (the error term and the decoder bias stay), beside ``fixed_answer_flip_rate``, what one fixed answer
+  to "no evidence" would score by chance (1 - 1/number of values, averaged): a pair whose true value is the
+  model's answer to "nothing there" cannot be flipped by removing evidence, only on the way through another value;
 * ``steering_flip_rate``: removing the top-attributed latent alone changes the predicted value;
 * ``steering_side_effect``: share of pairs whose minimal deletion set changes another factor's prediction;
 * ``heatmap_iou``: for each held-out scene and each of shape and colour, the per-patch activation of the
@@ -56,7 +62,8 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,7 +74,7 @@ from engine.explain import Explainer, ExplainSettings
 from engine.report import print_result
 from engine.resident import SiteState, Workbench, load_workbench, resident_sae
 from engine.sources import AllowedDirs
-from engine.specs import TOY_SHORTCUT_DIR, TOY_VLM_DIR, ModelSpec, SAESpec, VLMSpec
+from engine.specs import TOY_CLIP_DIR, TOY_SHORTCUT_DIR, TOY_VLM_DIR, ModelSpec, SAESpec, VLMSpec
 from engine.toyworld import captions, train_clip, train_sae, train_shortcut, train_vlm
 from engine.toyworld.render import FACTORS, IMAGE_SIZE, Scene, render, render_batch, sample_scenes
 from engine.vlm import resident_vlm
@@ -203,6 +210,8 @@ def evaluate_pair(workbench, state: SiteState, scene: Scene, factor: str, labels
         "random": [active[i] for i in rng.permutation(len(active))][:DELETION_CAP],
         "activation": activation_S.argsort(descending=True).tolist()[:DELETION_CAP],
     }
+    everything = edited_logits(workbench, [state], [Edit.removal(active)], text_emb_LE)[0, 0]
+    out["all_removed_flips"] = bool(everything.argmax() != target)
     flips = {}
     for name, order in orders.items():
         logits_KL = cumulative_deletion_logits(workbench, state, order, text_emb_LE)
@@ -323,6 +332,7 @@ def evaluate(
     """Every score of the module docstring; ``allowed`` lets the Diff and Explain parts read the workbench's SAE
     where the operator allowed it (an SAE outside assets/)."""
     start = time.time()
+    shipped_clip = workbench.model_spec == ModelSpec.toy()  # the Diff pair and the toy LLaVA are built from it
     tokens = train_clip.CaptionTokens(workbench.backend.model.context_length)
     accuracy = train_clip.zero_shot_accuracy(workbench.backend.model, tokens, n=n_zero_shot, seed=ZERO_SHOT_SEED)
     info, explained = latent_labels(workbench, n_label_images)
@@ -365,10 +375,10 @@ def evaluate(
         "steering_side_effect": round(float(np.mean([p["side_effect"] for p in flipped])), 4) if flipped else None,
         "vocabulary_label_accuracy": naming["accuracy"],
         "index_top1_concept_match": concept_match["match"],
-        **(evaluate_diff(workbench, info, allowed) if TOY_SHORTCUT_DIR.is_dir() else {}),
+        **(evaluate_diff(workbench, info, allowed) if shipped_clip and TOY_SHORTCUT_DIR.is_dir() else {}),
         **(
             evaluate_explain(info, str(workbench.device), sae_spec=workbench.sae_spec, allowed=allowed)
-            if TOY_VLM_DIR.is_dir()
+            if shipped_clip and TOY_VLM_DIR.is_dir()
             else {}
         ),
         "details": {
@@ -394,6 +404,13 @@ def evaluate(
             "deletion_to_flip_by_factor": {
                 f: statistics.median(p["deletion"]["attribution"] for p in pairs if p["factor"] == f) for f in FACTORS
             },
+            "deletion_within_3_share": share(p["deletion"]["attribution"] <= 3 for p in pairs),
+            "deletion_never_share": share(p["deletion"]["attribution"] >= DELETION_CAP for p in pairs),
+            "all_latents_removed_flip_rate": share(p["all_removed_flips"] for p in pairs),
+            "all_latents_removed_flip_rate_by_factor": {
+                f: share(p["all_removed_flips"] for p in pairs if p["factor"] == f) for f in FACTORS
+            },
+            "fixed_answer_flip_rate": share(1 - 1 / len(FACTORS[p["factor"]]) for p in pairs),
             "seeds": {"labels": LABEL_SEED, "scenes": SCENE_SEED, "zero_shot": ZERO_SHOT_SEED},
             "model": workbench.model_spec.display_name,
             "site": workbench.site,
@@ -402,6 +419,12 @@ def evaluate(
         },
     }
     return result
+
+
+def share(flags) -> float:
+    """Mean of booleans (or numbers), rounded as the other figures."""
+    values = [float(f) for f in flags]
+    return round(float(np.mean(values)), 4) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -414,10 +437,19 @@ def main(argv: list[str] | None = None) -> None:
         help="an SAE of the toy CLIP to score instead of the shipped one (e.g. a rebuilt toy_sae directory); the "
         "feature index is then built on the spot unless the shipped one fits it",
     )  # fmt: skip
+    parser.add_argument(
+        "--model", default=str(TOY_CLIP_DIR),
+        help="a toy CLIP directory to score instead of the shipped one (the toy_clip of `python -m "
+        "engine.toyworld.build --out DIR`), with an SAE of it (--sae); the Diff and Explain parts are then skipped: "
+        "their toy models are built from the shipped CLIP",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    allowed = AllowedDirs.default().with_paths([args.sae])  # the operator named it
-    workbench = load_workbench(ModelSpec.toy(), SAESpec(args.sae), args.device, allowed=allowed)
+    allowed = AllowedDirs.default().with_paths([args.sae, args.model])  # the operator named them
+    model = ModelSpec.toy()
+    if Path(args.model).resolve() != TOY_CLIP_DIR.resolve():
+        model = replace(model, name=f"local-dir:{Path(args.model).resolve()}")
+    workbench = load_workbench(model, SAESpec(args.sae), args.device, allowed=allowed)
     result = evaluate(workbench, n_scenes=args.scenes, allowed=allowed)
     print_result(result, args.json, width=40)
 
