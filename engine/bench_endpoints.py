@@ -25,6 +25,10 @@ endpoint 10 ms slower than the floor can read 50 ms slower; the REST figures sho
   kind of images while the server is idle; ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)``
   (``http_vs_engine_plus_floor`` the same with the REST figures);
 * ``vs_floor`` / ``http_vs_floor`` (toy): ``endpoint p50 / floor``;
+* ``tls_once_floor_ms`` / ``tls_once_ms`` and their ratios: the same through a gradio_client whose TLS set-up is
+  done once (``ssl_verify`` an ``ssl.SSLContext`` of the same certificate bundle, :func:`tls_once_client`): by
+  default gradio_client makes a new HTTP client for every request and every uploaded file, and each one loads the
+  certificate bundle again, tens of milliseconds that the floor pays once and an image endpoint twice;
 * ``upload_ms``: one image's upload alone, the way gradio_client sends it (a new HTTP client per file, whose
   set-up, TLS certificates included, costs tens of milliseconds on every file: a client-side cost that the
   floor, which uploads nothing, does not carry) and on one keep-alive connection.
@@ -223,18 +227,35 @@ def time_endpoints(
     return out, round(statistics.median(floor) * 1000, 1)
 
 
+def tls_once_client(client):
+    """A gradio_client ``Client`` of the same server whose TLS set-up is done once: ``ssl_verify`` is an
+    ``ssl.SSLContext`` with the same certificate bundle (certifi's) instead of ``True``. gradio_client makes a
+    new HTTP client for every request and every uploaded file, and with ``True`` each one loads the bundle
+    again (about 45 ms on this machine); a context is built once and verifies the same way."""
+    import ssl
+
+    import certifi
+    from gradio_client import Client
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    return Client(client.src, verbose=False, download_files=False, ssl_verify=context)
+
+
 def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int) -> dict:
-    """:func:`time_endpoints` through gradio_client, then through the REST API (fresh images for each), and what
-    the image's upload alone costs each way."""
+    """:func:`time_endpoints` through gradio_client (its defaults, then with the TLS set-up done once), then
+    through the REST API (fresh images for each), and what the image's upload alone costs each way."""
     from gradio_client import handle_file
 
     fresh = iter(files)
     endpoint_ms, floor = time_endpoints(client, calls, fresh, labels, repeats, handle_file)
+    tls_once_ms, tls_once_floor = time_endpoints(tls_once_client(client), calls, fresh, labels, repeats, handle_file)
     rest = RestClient(client.src)
     http_ms, http_floor = time_endpoints(rest, calls, fresh, labels, repeats, rest.file)
     return {
         "gradio_floor_ms": floor,
         "endpoint_ms": endpoint_ms,
+        "tls_once_floor_ms": tls_once_floor,
+        "tls_once_ms": tls_once_ms,
         "http_floor_ms": http_floor,
         "http_ms": http_ms,
         "upload_ms": upload_cost(rest, files[:repeats]),
@@ -349,6 +370,7 @@ def toy_figures(repeats: int, directory: Path) -> dict:
     return {
         **figures,
         "vs_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"]),
+        "tls_once_vs_floor": ratios(figures["tls_once_ms"], figures["tls_once_floor_ms"]),
         "http_vs_floor": ratios(figures["http_ms"], figures["http_floor_ms"]),
         "attribute_with_downloads_ms": downloads_cost(args, files[::-1], "toy", TOY_LABELS, "a {}", repeats),
     }
@@ -382,6 +404,7 @@ def vit_figures(repeats: int, directory: Path, device: torch.device) -> dict:
         **figures,
         "engine_ms": engine_ms,
         "vs_engine_plus_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"], engine_ms),
+        "tls_once_vs_engine_plus_floor": ratios(figures["tls_once_ms"], figures["tls_once_floor_ms"], engine_ms),
         "http_vs_engine_plus_floor": ratios(figures["http_ms"], figures["http_floor_ms"], engine_ms),
     }
 

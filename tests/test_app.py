@@ -281,3 +281,26 @@ def test_the_benchs_end_to_end_calls_match_the_served_api(client, image_file, wo
     image = Image.open(image_file).convert("RGB")
     for run in bench_endpoints.engine_calls(workbench, LABELS.split(", "), "a {}", latent=3).values():
         run(image)  # the engine work the bench times beside each endpoint
+
+
+def test_a_gradio_client_with_its_tls_set_up_done_once_answers_the_same_without_reloading_certificates(
+    client, image_file, monkeypatch
+):
+    """The bench's second gradio_client (engine.bench_endpoints.tls_once_client): same answers, and the
+    certificate bundle is loaded when it is made, never per request or per uploaded file as with the default."""
+    import ssl
+
+    from engine import bench_endpoints
+
+    loads = []
+    original = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(
+        ssl.SSLContext, "load_verify_locations", lambda self, *a, **k: (loads.append(1), original(self, *a, **k))[1]
+    )
+    once = bench_endpoints.tls_once_client(client)
+    made = len(loads)
+    call = (LABELS, "a {}", "3", "0", "scale", "", "toy")
+    answer = once.predict(handle_file(image_file), *call, api_name="/steer")
+    assert len(loads) == made
+    assert client.predict(handle_file(image_file), *call, api_name="/steer") == answer
+    assert len(loads) >= made + 2  # the default client: once for the upload, once for the request
