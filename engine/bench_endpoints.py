@@ -227,6 +227,9 @@ def time_endpoints(
     return out, round(statistics.median(floor) * 1000, 1)
 
 
+WAYS = 3  # gradio_client with its defaults, gradio_client with its TLS set-up done once, the REST API
+
+
 def tls_once_client(client):
     """A gradio_client ``Client`` of the same server whose TLS set-up is done once: ``ssl_verify`` is an
     ``ssl.SSLContext`` with the same certificate bundle (certifi's) instead of ``True``. gradio_client makes a
@@ -246,6 +249,8 @@ def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int) 
     through the REST API (fresh images for each), and what the image's upload alone costs each way."""
     from gradio_client import handle_file
 
+    if len(files) < WAYS * len(calls) * (repeats + 1):
+        raise ValueError(f"{len(files)} images for {WAYS} ways x {len(calls)} endpoints x {repeats + 1} calls")
     fresh = iter(files)
     endpoint_ms, floor = time_endpoints(client, calls, fresh, labels, repeats, handle_file)
     tls_once_ms, tls_once_floor = time_endpoints(tls_once_client(client), calls, fresh, labels, repeats, handle_file)
@@ -361,7 +366,7 @@ def time_engine(calls: dict[str, Callable], files: list[str], repeats: int) -> d
 def toy_figures(repeats: int, directory: Path) -> dict:
     calls = endpoint_calls("toy", TOY_LABELS, "a {}", latent=3)
     args = ["--explain-cache", str(directory / "explain_cache")]
-    files = image_files(directory / "toy", toy_images((repeats + 1) * 20))
+    files = image_files(directory / "toy", toy_images((repeats + 1) * 10 * WAYS))
     with served_app(args) as client:
         from engine.resident import resident_sae
 
@@ -391,7 +396,7 @@ def vit_figures(repeats: int, directory: Path, device: torch.device) -> dict:
     model = f"{model_text} + {sae_text}"
     args = ["--model", model_text, "--sae", sae_text, "--allow-dir", str(directory), "--device", str(device)]
     calls = endpoint_calls(model, VIT_LABELS, "a photo of a {}.", latent=7)
-    files = image_files(directory / "vit", noise_images((repeats + 1) * 14))
+    files = image_files(directory / "vit", noise_images((repeats + 1) * 7 * WAYS))
     with served_app(args) as client:
         figures = both_ways(client, calls, files, VIT_LABELS, repeats)
     from engine.sources import AllowedDirs
