@@ -6,7 +6,7 @@
 Every ratio is the median over repeated runs in one process with the two sides interleaved (A, B, A, B, ...),
 so the machine's noise cancels. The main model is open_clip ViT-B/32 with random weights (the real
 architecture; no download) steered at ``blocks.10.resid_post`` with a random TopK SAE of 24,576 latents
-(k = 32); the toy model is measured too. Each timed request uses a fresh image, so the engine pays for its
+(k = 32); the toy model is measured too (with at least ``TOY_REPEATS`` pairs per ratio). Each timed request uses a fresh image, so the engine pays for its
 prefix like a user's first request does, unless the figure is about the cache.
 
 * ``sweep_speedup_vs_naive``: a 16-strength sweep of one latent, ours against 16 full forwards each with a
@@ -72,6 +72,9 @@ from engine.specs import TOY_VLM_DIR, ModelSpec, SAESpec
 log = logging.getLogger(__name__)
 PARTS = ("all", "dataset_scale", "explain", "endpoints", "vit_l14_336")
 STRENGTHS = np.linspace(-1, 3, 16).tolist()
+TOY_REPEATS = 31
+"""The toy's ratios are medians of at least this many interleaved pairs: each call takes milliseconds, so five
+pairs (ViT-B/32's usual ``--repeats``) let one stall of this shared machine move a ratio by a third."""
 LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
 
 
@@ -538,7 +541,7 @@ def run(
         scale = dataset_scale(workbench, toy)
         result.update(scale["vit_b32"])
         del workbench
-    result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, repeats)
+    result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, max(repeats, TOY_REPEATS))
     result["toy"]["patching_sweep"] = patching_sweep(toy, Images(48, seed=2))
     result["toy"].update(scale["toy"])
     if TOY_VLM_DIR.is_dir():
