@@ -6,8 +6,9 @@
 Every ratio is the median over repeated runs in one process with the two sides interleaved (A, B, A, B, ...),
 so the machine's noise cancels. The main model is open_clip ViT-B/32 with random weights (the real
 architecture; no download) steered at ``blocks.10.resid_post`` with a random TopK SAE of 24,576 latents
-(k = 32); the toy model is measured too (with at least ``TOY_REPEATS`` pairs per ratio). Each timed request uses a fresh image, so the engine pays for its
-prefix like a user's first request does, unless the figure is about the cache.
+(k = 32); the toy model is measured too (with at least ``TOY_REPEATS`` pairs per ratio). Each timed request
+uses a fresh image, so the engine pays for its prefix like a user's first request does, unless the figure is
+about the cache.
 
 * ``sweep_speedup_vs_naive``: a 16-strength sweep of one latent, ours against 16 full forwards each with a
   steering hook (the way without prefix caching or batching);

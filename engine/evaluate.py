@@ -210,8 +210,8 @@ def evaluate_pair(workbench, state: SiteState, scene: Scene, factor: str, labels
         "random": [active[i] for i in rng.permutation(len(active))][:DELETION_CAP],
         "activation": activation_S.argsort(descending=True).tolist()[:DELETION_CAP],
     }
-    everything = edited_logits(workbench, [state], [Edit.removal(active)], text_emb_LE)[0, 0]
-    out["all_removed_flips"] = bool(everything.argmax() != target)
+    emptied_L = edited_logits(workbench, [state], [Edit.removal(active)], text_emb_LE)[0, 0]
+    out["all_removed_flips"] = bool(emptied_L.argmax() != target)
     flips = {}
     for name, order in orders.items():
         logits_KL = cumulative_deletion_logits(workbench, state, order, text_emb_LE)
