@@ -108,11 +108,20 @@ def latent_card(
     )
 
 
+def thumbnail_px(image: Image.Image, size: int = THUMBNAIL_PX) -> int:
+    """The side of ``image``'s thumbnail, at most ``size``: pixel art (an image smaller than ``size``, such as a
+    48 px toy scene) is scaled by the largest whole factor that fits, so that every source pixel becomes a square
+    of one size and the patch grid falls on pixel edges; a larger image (a photograph) is resized to ``size``."""
+    side = max(image.size)
+    return side * (size // side) if side < size else size
+
+
 def heat_thumbnail(image: Image.Image, map_HW: np.ndarray, size: int = THUMBNAIL_PX) -> Image.Image:
-    """The image with the latent's per-patch activation laid over it in red (strongest patch: full red at half
-    opacity), its strongest patch outlined. The opacity is constant within a patch, so it is computed per patch
-    and laid over the image by PIL's compositing (a fifth of the time of blending every pixel in float; within
-    one level of 255 of it, tested)."""
+    """The image, :func:`thumbnail_px` wide, with the latent's per-patch activation laid over it in red (strongest
+    patch: full red at half opacity), its strongest patch outlined. The opacity is constant within a patch, so it
+    is computed per patch and laid over the image by PIL's compositing (a fifth of the time of blending every
+    pixel in float; within one level of 255 of it, tested)."""
+    size = thumbnail_px(image, size)
     resample = Image.NEAREST if max(image.size) < size else Image.BICUBIC
     base = image.convert("RGB").resize((size, size), resample)
     peak = float(map_HW.max())
@@ -183,7 +192,7 @@ STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
     "figure{display:inline-block;margin:4px;text-align:center;font-size:.75em;width:120px;vertical-align:top}"
-    "img{image-rendering:pixelated;width:112px;height:112px}section{border-top:2px solid #999;margin-top:1.5em}"
+    "img{image-rendering:pixelated}section{border-top:2px solid #999;margin-top:1.5em}"
 )
 
 

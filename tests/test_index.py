@@ -177,7 +177,17 @@ def test_a_card_thumbnail_is_the_per_pixel_blend_within_one_level(side):
     image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
     map_HW = rng.random((7, 7)).astype(np.float32)
     out = np.asarray(cards.heat_thumbnail(image, map_HW, 140), dtype=np.float32)
-    outline = np.zeros((140, 140), bool)
+    size = {48: 96, 224: 140}[side]  # pixel art: the largest whole factor that fits (2); a photograph: 140
+    assert out.shape == (size, size, 3) and cards.thumbnail_px(image, 140) == size
+    outline = np.zeros((size, size), bool)
     r, c = divmod(int(map_HW.argmax()), 7)
-    outline[r * 20 : (r + 1) * 20, c * 20 : (c + 1) * 20] = True  # the strongest patch, outlined in yellow
-    assert np.abs(out - heat_thumbnail_blended_per_pixel(image, map_HW, 140))[~outline].max() <= 1
+    outline[r * size // 7 : (r + 1) * size // 7, c * size // 7 : (c + 1) * size // 7] = True  # outlined in yellow
+    assert np.abs(out - heat_thumbnail_blended_per_pixel(image, map_HW, size))[~outline].max() <= 1
+
+
+def test_a_pixel_art_thumbnail_gives_every_source_pixel_one_square():
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    out = np.asarray(cards.heat_thumbnail(image, np.zeros((8, 8), np.float32), 160))  # no heat: the image itself
+    assert out.shape == (144, 144, 3)  # 3 x 48, not 160 (3.33 x: squares of 3 and 4 px)
+    assert np.array_equal(out, np.asarray(image).repeat(3, axis=0).repeat(3, axis=1))
