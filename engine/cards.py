@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from PIL import Image, ImageDraw
 from engine import vocabulary
 from engine.errors import UnknownChoiceError
 from engine.index import FeatureIndex, LatentStats, bin_edges
+from engine.png import png_bytes
 from engine.resident import Workbench
 
 THUMBNAIL_PX = 112
@@ -142,9 +142,7 @@ HEAT_RGB = (255, 26, 26)
 
 
 def png_data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def histogram_bars(stats: LatentStats) -> list[tuple[str, int]]:
