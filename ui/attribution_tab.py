@@ -12,7 +12,7 @@ from ui.common import (
     AppContext,
     ModelContext,
     clear_on_failure,
-    heatmap_files_started,
+    heatmap_files,
     load_image,
     overlay,
     parse_labels,
@@ -66,9 +66,8 @@ def run_attribution(ctx: ModelContext, image, labels_text, template, target, met
         f"#{i} {names[i][0]}" + (" (class token only: blank map)" if float(map_HW.abs().max()) == 0 else "")
         for i, (map_HW, _) in zip(latents, maps, strict=False)
     ]
-    drawn = heatmap_files_started(picture, maps)  # drawn while the faithfulness check runs
     faith = attribution.faithfulness(workbench, result, k=top_k, template=template)
-    gallery = list(zip(drawn, captions, strict=True))
+    gallery = list(zip(heatmap_files(picture, maps), captions, strict=True))
     faith_table = pd.DataFrame(
         {"latent": faith["latents"], "predicted_drop": faith["predicted"], "actual_drop": faith["actual"]}
     )
