@@ -33,6 +33,23 @@ def test_tables_round_their_numbers_and_show_them_alike():
     assert styled["metadata"]["display_value"] == [["a", "3.12e-05", "-7.35"]]
 
 
+def test_predictions_are_listed_by_probability_with_ties_in_the_labels_order():
+    import pandas as pd
+
+    from ui.attribution_tab import predictions_frame
+
+    labels = ["a", "b", "c", "d", "e"]
+    logits_L = torch.tensor([0.5, 2.0, 0.5, 2.0, 1.0])
+    reference = (
+        pd.DataFrame({"label": labels, "probability": logits_L.softmax(-1).tolist(), "logit": logits_L.tolist()})
+        .sort_values("probability", ascending=False, kind="stable")
+        .reset_index(drop=True)
+    )
+    frame = predictions_frame(labels, logits_L)
+    assert list(frame["label"]) == ["b", "d", "e", "a", "c"]
+    pd.testing.assert_frame_equal(frame, reference)
+
+
 def test_the_sweep_reading_names_both_sides_of_the_flip_from_the_numbers():
     strengths = [-1.0, -0.6, -0.2, 0.0667, 0.333, 0.6, 1.0, 1.4]
     predicted = ["square", "square", "square", "circle", "circle", "circle", "circle", "circle"]

@@ -30,8 +30,15 @@ METRIC_CHOICES = [
 
 def predictions_frame(labels: list[str], logits_L) -> pd.DataFrame:
     """Labels by decreasing probability, like the chart beside the table."""
-    frame = pd.DataFrame({"label": labels, "probability": logits_L.softmax(-1).tolist(), "logit": logits_L.tolist()})
-    return frame.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+    probabilities, logits = logits_L.softmax(-1).tolist(), logits_L.tolist()
+    order = sorted(range(len(labels)), key=lambda i: -probabilities[i])  # stable: ties keep the labels' order
+    return pd.DataFrame(
+        {
+            "label": [labels[i] for i in order],
+            "probability": [probabilities[i] for i in order],
+            "logit": [logits[i] for i in order],
+        }
+    )
 
 
 def run_attribution(ctx: ModelContext, image, labels_text, template, target, metric, top_k, explain_settings=None):

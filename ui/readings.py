@@ -10,6 +10,7 @@ what removing or adding it actually does. Pure functions (no Gradio), so each se
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -60,17 +61,22 @@ def percent(probability: float) -> str:
 
 class ShownTable(dict):
     """A table as Gradio's Dataframe takes it (``headers``, ``data``, and ``metadata.display_value``: the strings
-    the browser shows), with the rounded frame itself as ``.frame`` for Python callers. Built directly: a pandas
-    ``Styler`` costs 3 to 4 ms a table to format and for Gradio to read back, on every request."""
+    the browser shows), with the rounded frame itself as ``.frame`` for Python callers, built when first asked
+    for (Gradio never asks: three frames per Attribution request cost 2 ms). Built directly: a pandas ``Styler``
+    costs 3 to 4 ms a table to format and for Gradio to read back, on every request."""
 
-    def __init__(self, frame: pd.DataFrame, shown: list[list[str]], rows: list[list]):
+    def __init__(self, columns: dict[str, list], shown: list[list[str]], rows: list[list]):
         data = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
         super().__init__(
-            headers=[str(c) for c in frame.columns],
+            headers=[str(c) for c in columns],
             data=data,
-            metadata={"display_value": shown, "styling": [[""] * len(frame.columns) for _ in shown]},
+            metadata={"display_value": shown, "styling": [[""] * len(columns) for _ in shown]},
         )
-        self.frame = frame
+        self.columns = columns
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns, columns=list(self.columns))
 
 
 def display_table(frame: pd.DataFrame) -> ShownTable:
@@ -84,9 +90,8 @@ def display_table(frame: pd.DataFrame) -> ShownTable:
     shown = [
         [number(v) if c in floats else ("" if v is None else str(v)) for v in values] for c, values in columns.items()
     ]
-    rounded = pd.DataFrame(columns, columns=list(columns))
     return ShownTable(
-        rounded,
+        columns,
         [list(row) for row in zip(*shown, strict=True)],
         [list(row) for row in zip(*columns.values(), strict=True)],
     )
