@@ -29,7 +29,7 @@ from PIL import Image
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILTER_UP = 2
 COMPRESS_LEVEL = 1
-"""zlib level: 1 encodes a heatmap in 60% of the default's (6) time for 15% more bytes."""
+"""zlib level: 1 encodes a toy heatmap in 56% of the default's (6) time (0.73 against 1.31 ms) for 13% more bytes."""
 
 
 def png_bytes(image: Image.Image, level: int = COMPRESS_LEVEL) -> bytes:

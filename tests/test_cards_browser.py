@@ -46,9 +46,7 @@ def test_exported_cards_render_offline_in_chromium(exported):
             images = page.locator("section.card img")
             assert images.count() == 24
             sizes = images.evaluate_all("images => images.map(im => [im.complete, im.naturalWidth])")
-            side = 48 * (
-                cards.THUMBNAIL_PX // 48
-            )  # the toy's 48 px scenes, scaled by the largest whole factor that fits
+            side = 48 * (cards.THUMBNAIL_PX // 48)  # toy scenes: scaled by the largest whole factor that fits
             assert all(done and width == side for done, width in sizes), sizes
             assert page.locator("#injected").count() == 0 and page.title() == "Latent cards"
             assert HOSTILE in page.locator("#latent-53 h2").inner_text()  # shown as text
