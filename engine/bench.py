@@ -39,6 +39,8 @@ about the cache.
   float32 and bfloat16 on a GPU;
 * ``end_to_end`` (``--only endpoints`` alone): what a user waits for, each endpoint's round trip through the
   served app against Gradio's floor (engine.bench_endpoints).
+* ``targets``: every target of :data:`TARGETS` that the run measured, with its value (a table's worst entry),
+  its limit, whether it is met and a table's entries that miss it: whether they all held in one run, at a glance.
 
 Every timer reads :func:`clock`, which waits for queued CUDA kernels first; ``peak_gpu_mb`` is torch's peak
 allocation on the GPU.
@@ -77,6 +79,64 @@ TOY_REPEATS = 31
 """The toy's ratios are medians of at least this many interleaved pairs: each call takes milliseconds, so five
 pairs (ViT-B/32's usual ``--repeats``) let one stall of this shared machine move a ratio by a third."""
 LABELS = ["dog", "cat", "car", "tree", "house", "person", "bird", "boat"]
+TARGETS = (
+    # (name, where in the result, "<=" or ">=", limit); a figure that is a table (one ratio per endpoint) is
+    # judged by its worst entry
+    ("sweep_speedup_vs_naive", ("sweep_speedup_vs_naive",), ">=", 4),
+    ("sweep_speedup_vs_nnsight", ("sweep_speedup_vs_nnsight",), ">=", 4),
+    ("sweep_vs_ideal", ("sweep_vs_ideal",), "<=", 1.25),
+    ("attribution_vs_forward", ("attribution_vs_forward",), "<=", 2.0),
+    ("rss_mb_after_200_images", ("rss_mb_after_200_images",), "<=", 2500),
+    ("cold_start_s", ("cold_start_s",), "<=", 10),
+    ("toy.sweep_speedup_vs_naive", ("toy", "sweep_speedup_vs_naive"), ">=", 4),
+    ("toy.sweep_speedup_vs_nnsight", ("toy", "sweep_speedup_vs_nnsight"), ">=", 4),
+    ("toy.sweep_vs_ideal", ("toy", "sweep_vs_ideal"), "<=", 1.25),
+    ("toy.attribution_vs_forward", ("toy", "attribution_vs_forward"), "<=", 1.5),
+    ("end_to_end.toy.vs_floor", ("end_to_end", "toy", "vs_floor"), "<=", 1.5),
+    ("end_to_end.toy.tls_once_vs_floor", ("end_to_end", "toy", "tls_once_vs_floor"), "<=", 1.5),
+    ("end_to_end.vit_b32.vs_engine_plus_floor", ("end_to_end", "vit_b32", "vs_engine_plus_floor"), "<=", 1.2),
+    (
+        "end_to_end.vit_b32.tls_once_vs_engine_plus_floor",
+        ("end_to_end", "vit_b32", "tls_once_vs_engine_plus_floor"),
+        "<=",
+        1.2,
+    ),
+    ("vit_l14_336.float32.sweep_vs_ideal", ("vit_l14_336", "float32", "sweep_vs_ideal"), "<=", 1.25),
+    ("vit_l14_336.bfloat16.sweep_vs_ideal", ("vit_l14_336", "bfloat16", "sweep_vs_ideal"), "<=", 1.25),
+    ("vit_l14_336.bfloat16.sweep_ms", ("vit_l14_336", "bfloat16", "sweep_ms"), "<=", 10),
+)
+"""The project's speed targets (README's Speed section; issue 14 for the toy's ratios, the end-to-end ones and
+ViT-L/14-336 on a GPU), judged by :func:`targets` in every run."""
+
+
+def targets(result: dict) -> dict:
+    """Each of :data:`TARGETS` that the result holds: its value (a table's worst entry), the limit, whether it is
+    met, and a table's entries that miss it. One look says whether every target held in this run.
+
+    >>> targets({"toy": {"sweep_vs_ideal": 1.3}, "end_to_end": {"toy": {"vs_floor": {"a": 1.0, "b": 1.9}}}})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'toy.sweep_vs_ideal': {'value': 1.3, 'limit': '<= 1.25', 'met': False},
+     'end_to_end.toy.vs_floor': {'value': 1.9, 'limit': '<= 1.5', 'met': False, 'misses': {'b': 1.9}}}
+    """
+    out = {}
+    for name, path, sense, limit in TARGETS:
+        value = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        shown = f"{sense} {limit}"
+        if isinstance(value, dict):
+            worst = (max if sense == "<=" else min)(value.values())
+            misses = {k: v for k, v in value.items() if not meets(v, sense, limit)}
+            out[name] = {"value": worst, "limit": shown, "met": not misses, "misses": misses}
+        else:
+            out[name] = {"value": value, "limit": shown, "met": meets(value, sense, limit)}
+    return out
+
+
+def meets(value: float, sense: str, limit: float) -> bool:
+    return value <= limit if sense == "<=" else value >= limit
 
 
 def random_sae(d_in: int, d_sae: int, k: int, site: str, seed: int = 0) -> SAE:
@@ -572,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     result = run(args.repeats, args.images, dtype=args.dtype, only=args.only)
+    result["targets"] = targets(result)
     print_result(result, args.json, width=32)
 
 

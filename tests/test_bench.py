@@ -1,0 +1,28 @@
+"""engine.bench's summary of its targets: every target the run measured, judged the way README states it."""
+
+from engine.bench import TARGETS, targets
+
+
+def test_each_target_is_judged_in_its_own_sense_and_absent_ones_are_left_out():
+    result = {
+        "sweep_speedup_vs_naive": 3.9,  # at least 4
+        "sweep_vs_ideal": 1.25,  # at most 1.25: on the line is met
+        "toy": {"attribution_vs_forward": 1.49},
+        "end_to_end": {"vit_b32": {"tls_once_vs_engine_plus_floor": {"attribute": 1.1, "sweep": 1.2}}},
+    }
+    judged = targets(result)
+    assert set(judged) == {
+        "sweep_speedup_vs_naive",
+        "sweep_vs_ideal",
+        "toy.attribution_vs_forward",
+        "end_to_end.vit_b32.tls_once_vs_engine_plus_floor",
+    }
+    assert judged["sweep_speedup_vs_naive"] == {"value": 3.9, "limit": ">= 4", "met": False}
+    assert judged["sweep_vs_ideal"]["met"] and judged["toy.attribution_vs_forward"]["met"]
+    table = judged["end_to_end.vit_b32.tls_once_vs_engine_plus_floor"]
+    assert table == {"value": 1.2, "limit": "<= 1.2", "met": True, "misses": {}}
+
+
+def test_every_target_names_a_path_and_a_sense():
+    for name, path, sense, limit in TARGETS:
+        assert name == ".".join(path) and sense in ("<=", ">=") and limit > 0
