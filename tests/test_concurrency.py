@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gradio.utils import is_static_file
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 
@@ -148,6 +149,30 @@ def test_outputs_leave_no_files_behind_in_the_temporary_directory(served):
     client.predict(handle_file(EXAMPLES[0]), LABELS, "a {}", "", "logit_difference", 3, api_name="/export_attribution")
     leaked = {p.name for p in tmp.iterdir() if p.is_file()} - before
     assert not {name for name in leaked if name.startswith(("latent", "attribution_", "patch_"))}, leaked
+
+
+def test_drawings_are_served_from_their_own_folder_as_they_were_written(served):
+    """Heatmaps and thumbnails go to ui.share.IMAGE_DIR, a static path: Gradio answers with the file the handler
+    wrote (no hashed copy), serves its bytes, and refuses a path beside it that no handler wrote."""
+    url, _ = served
+    client = Client(url, verbose=False, download_files=False)
+    outputs = client.predict(handle_file(EXAMPLES[0]), LABELS, "a {}", "", "logit_difference", 6, api_name="/attribute")
+    (gallery,) = [o for o in outputs if isinstance(o, list)]  # the heatmaps, one per latent of the table
+    drawings = [item["image"] for item in gallery]
+    assert len(drawings) == 6 and all(d["path"].endswith(".png") for d in drawings), gallery
+    image_dir = share.IMAGE_DIR.resolve()
+    for drawing in drawings:
+        path = Path(drawing["path"]).resolve()
+        assert path.parent == image_dir and is_static_file(str(path)), path  # no further checks
+        served_bytes = httpx.get(drawing["url"], timeout=30)
+        assert served_bytes.status_code == 200 and served_bytes.content == path.read_bytes()
+    report = client.predict(
+        handle_file(EXAMPLES[0]), LABELS, "a {}", "", "logit_difference", 3, api_name="/export_attribution"
+    )
+    assert Path(report["path"]).resolve().parent == share.OUTPUT_DIR.resolve()  # HTML: a download ...
+    assert not is_static_file(report["path"])  # ... checked by Gradio as any other file
+    missing = httpx.get(f"{url.rstrip('/')}/gradio_api/file={image_dir / 'never_written.png'}", timeout=30)
+    assert missing.status_code in (403, 404)
 
 
 def test_the_served_queue_looks_for_work_every_few_milliseconds_not_every_one():

@@ -347,8 +347,8 @@ visible loss at quality 90 (a 224 px photograph drawn as PNG took 5 to 10 ms a h
 
 
 def save_png(image: Image.Image, prefix: str) -> str:
-    """Write an output image to a fresh file in Gradio's cache folder (served as it is; removed after an hour by
-    the app's ``delete_cache`` or ui.share.output_path)."""
+    """Write an output image to a fresh file in ui.share.IMAGE_DIR (served as it is; removed after an hour by the
+    app's ``delete_cache`` or ui.share.output_path)."""
     path = share.output_path(prefix, ".png")
     path.write_bytes(png_bytes(image))  # rows filtered "Up": pixel art's repeated rows cost nothing (engine.png)
     return str(path)

@@ -10,7 +10,7 @@ from engine.heldout import Heldout
 from engine.registry import TOY_EXAMPLES_DIR, Preset, default_labels, label_set, label_set_names
 from engine.resident import Workbench
 from engine.specs import PHOTOS_DIR, ModelSpec
-from ui import attribution_tab, diff_tab, explain_tab, glossary, latents_tab, recipe_panel, steering_tab
+from ui import attribution_tab, diff_tab, explain_tab, glossary, latents_tab, recipe_panel, share, steering_tab
 from ui.common import (
     AppContext,
     ImageInput,
@@ -75,6 +75,7 @@ def describe(chosen: Preset, workbench: Workbench) -> str:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     first = ctx.choices[ctx.default]
+    share.serve_images_as_they_are()
     with gr.Blocks(title="Concept Steering Workbench", delete_cache=DELETE_CACHE) as app:
         gr.Markdown(INTRO)
         with gr.Accordion("Glossary: the technical terms in plain words", open=False):
