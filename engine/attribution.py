@@ -79,7 +79,7 @@ def attribute_state(
     workbench: Workbench, state: SiteState, text_emb_LE: torch.Tensor, target: int | None, metric: str
 ) -> tuple[torch.Tensor, int, float, torch.Tensor]:
     """Core: (logits_L, target, metric value, scores_TS) from one forward and one backward of the suffix."""
-    x_1TD = state.acts_TD.unsqueeze(0).clone().requires_grad_(True)
+    x_1TD = state.acts_TD.unsqueeze(0).detach().requires_grad_(True)  # no copy: autograd forbids writing to it
     with torch.enable_grad():
         logits_1L = workbench.logits_from_acts(x_1TD, text_emb_LE)
         target = int(logits_1L.argmax()) if target is None else target

@@ -177,7 +177,7 @@ def edited_acts(
     for n, (edit, direction) in enumerate(zip(edits, directions, strict=True)):
         key = (edit.latents, edit.mode, edit.patches, None if direction is None else id(direction))
         groups.setdefault(key, []).append(n)
-    deltas_NBTD = torch.zeros(len(edits), *acts_BTD.shape, dtype=W_dec_SD.dtype, device=W_dec_SD.device)
+    acts_NBTD = None  # each image's activations once per edit, then every group's deltas added to its rows
     for rows in groups.values():
         edit, direction = edits[rows[0]], directions[rows[0]]
         if not edit.latents:  # an empty edit adds exactly nothing
@@ -185,11 +185,16 @@ def edited_acts(
         strengths_GK = torch.tensor([edits[n].strengths for n in rows], dtype=W_dec_SD.dtype, device=W_dec_SD.device)
         f_BTK = torch.stack([s.columns(edit.latents) for s in states])  # the edited columns alone, never densified
         deltas_GBTD = group_deltas(f_BTK, W_dec_SD, edit, strengths_GK, typical_S, n_prefix, direction)
+        deltas_GBTD = deltas_GBTD.to(acts_BTD.dtype)
         if len(rows) == len(edits):
-            deltas_NBTD = deltas_GBTD
+            return acts_BTD.unsqueeze(0) + deltas_GBTD
+        if acts_NBTD is None:
+            acts_NBTD = acts_BTD.unsqueeze(0).repeat(len(edits), 1, 1, 1)
+        if rows == list(range(rows[0], rows[-1] + 1)):  # a sweep's rows follow each other: a slice, no index
+            acts_NBTD[rows[0] : rows[-1] + 1] += deltas_GBTD
         else:
-            deltas_NBTD[rows] = deltas_GBTD
-    return acts_BTD.unsqueeze(0) + deltas_NBTD.to(acts_BTD.dtype)
+            acts_NBTD[rows] += deltas_GBTD
+    return acts_BTD.unsqueeze(0).repeat(len(edits), 1, 1, 1) if acts_NBTD is None else acts_NBTD
 
 
 @torch.no_grad()

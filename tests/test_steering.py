@@ -28,6 +28,21 @@ def test_strength_one_and_empty_edit_are_exact_no_ops(workbench, image):
     assert torch.equal(acts, state.acts_TD)  # not close: equal, bit for bit
 
 
+def test_edited_acts_of_mixed_edits_equal_each_edit_alone(workbench, scene_images):
+    """Edits grouped by what they change (one product per group), whatever order they come in: rows of one group
+    that are not adjacent, an empty edit between them, another latent's edit, two images. Each row equals that edit
+    computed alone, bit for bit."""
+    states = workbench.site_states(scene_images[0][:2])
+    a, b = (int(i) for i in states[0].f_TS.sum(0).topk(2).indices)
+    mixed = [Edit((a,), (0.0,)), NO_EDIT, Edit((b,), (3.0,), "add"), Edit((a,), (2.5,)), Edit((a,), (-1.0,))]
+    together_NBTD = edits.edited_acts(workbench, states, mixed)
+    assert together_NBTD.shape[:2] == (len(mixed), len(states))
+    for n, edit in enumerate(mixed):
+        assert torch.equal(together_NBTD[n], edits.edited_acts(workbench, states, [edit])[0]), n
+    assert torch.equal(together_NBTD[1], torch.stack([s.acts_TD for s in states]))  # the empty edit: untouched
+    assert not torch.equal(together_NBTD[0], together_NBTD[1])  # and the others moved
+
+
 def test_unedited_rows_come_from_each_images_cached_embedding_and_equal_a_full_forward(workbench, scene_images):
     images = scene_images[0][:3]
     """The "before" rows of a comparison run once per image, alone (whatever else the request holds), then come
