@@ -26,3 +26,16 @@ def test_each_target_is_judged_in_its_own_sense_and_absent_ones_are_left_out():
 def test_every_target_names_a_path_and_a_sense():
     for name, sense, limit in TARGETS:
         assert all(name.split(".")) and sense in ("<=", ">=") and limit > 0
+
+
+def test_the_endpoints_part_alone_is_laid_out_as_in_the_full_run_and_judged(monkeypatch):
+    """``--only endpoints`` puts its figures under ``end_to_end`` as the full run does, so its targets are judged
+    (the part's own figures are stubbed here: serving the app takes minutes)."""
+    from engine import bench, bench_endpoints
+
+    figures = {"toy": {"tls_once_vs_floor": {"attribute": 1.1, "latent_card": 1.9}}}
+    monkeypatch.setattr(bench_endpoints, "run", lambda repeats, device: figures)
+    result = bench.run(repeats=1, only="endpoints")
+    assert result["end_to_end"] == figures
+    judged = targets(result)["end_to_end.toy.tls_once_vs_floor"]
+    assert judged == {"value": 1.9, "limit": "<= 1.5", "met": False, "misses": {"latent_card": 1.9}}
