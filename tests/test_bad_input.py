@@ -361,10 +361,19 @@ def test_path_traversal_in_the_probe_folder_is_refused(served, files, still_righ
     assert "passwd" not in str(raised.value).replace(probe, "")
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../../../../etc/passwd", "app.py", "/proc/self/environ"])
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../../../../etc/passwd", "app.py", "/proc/self/environ", "DRAWING", "DRAWINGS"]
+)
 def test_a_server_path_given_as_the_image_is_refused(served, still_right, path):
     """A raw API call (no client-side upload) naming a file on the server: Gradio refuses any path it did not
-    receive as an upload, before a handler runs."""
+    receive as an upload, before a handler runs; so does the image input for a drawing of the app (a file in a
+    Gradio static path, which Gradio itself would accept) and for the drawings' folder."""
+    from ui import share
+
+    if path.startswith("DRAWING"):
+        drawing = share.output_path("forged_", ".png")
+        Image.new("RGB", (32, 32), (200, 30, 30)).save(drawing)
+        path = str(drawing if path == "DRAWING" else share.IMAGE_DIR)
     base = served.src.rstrip("/") + "/gradio_api"
     forged = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}
     call = httpx.post(

@@ -366,7 +366,10 @@ def save_drawing(image: Image.Image, prefix: str, source: Image.Image) -> str:
 
 class ImageInput(gr.Image):
     """``gr.Image(type="filepath")`` whose decoding failures (a text file, a truncated PNG, a decompression
-    bomb) reach the user as a clear message instead of Gradio's generic processing error."""
+    bomb) reach the user as a clear message instead of Gradio's generic processing error, and which takes only
+    uploads: Gradio accepts a file in a static path (the app's drawings, ui.share.IMAGE_DIR) as an input without
+    its upload check, so a path into that folder forged into an API call is refused here, as Gradio refuses any
+    other path it did not receive as an upload."""
 
     def get_block_name(self) -> str:
         return "image"  # rendered by gr.Image's own frontend (a subclass has no frontend of its own)
@@ -377,4 +380,6 @@ class ImageInput(gr.Image):
         ``load_image``, which says what is wrong with it."""
         if payload is None:
             return None
+        if Path(str(payload.path)).resolve().is_relative_to(share.IMAGE_DIR.resolve()):
+            raise gr.Error("Cannot use this file: it was not uploaded by a user.", print_exception=False)
         return str(payload.path)

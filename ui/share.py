@@ -99,7 +99,8 @@ path (:func:`serve_images_as_they_are`). Gradio checks every output file twice p
 session's copy of the page, once for the answer), each time against the blocked, allowed and created folders and
 the cache folder: six path resolutions a file. A file in a static path is compared with the static paths only
 (Gradio's two icons, then this folder): a card's 16 thumbnails cost Gradio 9 ms instead of 27 on this project's 2
-cores. Nothing but the app's own drawings is written there."""
+cores. Nothing but the app's own drawings is written there, and the image inputs refuse a path into it
+(ui.common.ImageInput: Gradio takes a static file as an input without its upload check)."""
 IMAGE_SUFFIXES = (".png", ".jpg")
 OUTPUT_MAX_AGE_S = 3600
 PRUNE_EVERY_S = 10
