@@ -186,9 +186,12 @@ def test_the_served_queue_looks_for_work_every_few_milliseconds_not_every_one():
         app.close()
 
 
-def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkeypatch):
+@pytest.mark.parametrize(("suffix", "folder"), [(".png", "IMAGE_DIR"), (".jpg", "IMAGE_DIR"), (".html", "OUTPUT_DIR")])
+def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkeypatch, suffix, folder):
+    """Drawings and downloads each go to their own folder, and both are pruned."""
+
     def stale_file():
-        path = share.output_path("stale_", ".png")
+        path = share.output_path("stale_", suffix)
         old = time.time() - share.OUTPUT_MAX_AGE_S - 60
         os.utime(path, (old, old))
         return path
@@ -196,9 +199,9 @@ def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkey
     monkeypatch.setitem(share._pruned, "at", 0.0)  # the last prune long ago
     first = stale_file()  # this write prunes (nothing stale yet) ...
     second = stale_file()  # ... and this one, within PRUNE_EVERY_S, does not list the directory again
-    assert first.exists() and second.exists()
+    assert first.exists() and second.exists() and first.parent == getattr(share, folder)
     monkeypatch.setitem(share._pruned, "at", time.time() - share.PRUNE_EVERY_S - 1)
-    fresh = share.output_path("fresh_", ".png")
+    fresh = share.output_path("fresh_", ".png")  # a drawing's write prunes the downloads too
     assert not first.exists() and not second.exists() and fresh.exists()
 
 

@@ -114,8 +114,8 @@ _prune_lock = threading.Lock()
 
 @functools.cache
 def serve_images_as_they_are() -> None:
-    """Register :data:`IMAGE_DIR` as a Gradio static path, once per process (before the app's components, so that
-    it is the first static path a file is compared with)."""
+    """Register :data:`IMAGE_DIR` as a Gradio static path, once per process (Gradio keeps one list of them for every
+    app in the process, and compares a file with each entry in turn)."""
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     set_static_paths([IMAGE_DIR])
 
