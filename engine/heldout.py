@@ -34,7 +34,7 @@ Heldout = Callable[[list[str]], tuple[list[Image.Image], list[int | None] | None
 @functools.cache
 def toy_scenes() -> tuple[tuple[Image.Image, ...], tuple[render.Scene, ...]]:
     scenes = render.sample_scenes(HELDOUT_SIZE, HELDOUT_SEED)
-    return tuple(render.render(s, seed)[0] for s, seed in scenes), tuple(s for s, _ in scenes)
+    return tuple(render.render_image(s, seed) for s, seed in scenes), tuple(s for s, _ in scenes)
 
 
 def toy_heldout(labels: list[str]) -> tuple[list[Image.Image], list[int | None] | None]:
@@ -68,7 +68,7 @@ def toy_probe(n: int, labels: list[str]) -> tuple[list[Image.Image], list[int | 
     if not 2 <= n <= MAX_PROBE_IMAGES:
         raise UserInputError(f"probe set size must be within 2 .. {MAX_PROBE_IMAGES}; got {n}")
     scenes = render.sample_scenes(n, DIFF_PROBE_SEED)
-    images = [render.render(s, seed)[0] for s, seed in scenes]
+    images = [render.render_image(s, seed) for s, seed in scenes]
     return images, captions.truth_for_labels(labels, [s for s, _ in scenes]), [s for s, _ in scenes]
 
 

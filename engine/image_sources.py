@@ -63,7 +63,7 @@ rendered in milliseconds, and cards of related latents share many."""
 @functools.lru_cache(maxsize=TOY_IMAGE_CACHE)
 def toy_image(n: int, seed: int, i: int) -> Image.Image:
     scene, scene_seed = toy_scenes(n, seed)[i]
-    return render.render(scene, scene_seed)[0]
+    return render.render_image(scene, scene_seed)
 
 
 @dataclass(frozen=True)

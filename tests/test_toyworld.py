@@ -27,6 +27,22 @@ def test_ground_truth_masks_follow_the_scene():
     assert fractions["shape"].shape == (6, 6) and fractions["shape"][1, 1] > 0.5
 
 
+def test_the_image_alone_is_the_rendered_image_and_the_marker_mask_is_its_box():
+    """render_image (what dataset readers use) draws the same pixels as render, with a palette too; the marker's
+    mask is its box on the final pixels, and those pixels are the marker's near-white."""
+    palette = {"red": (200, 60, 60)}
+    for i, (scene, seed) in enumerate(render.sample_scenes(60, 5)):
+        chosen = palette if i % 3 == 0 else None
+        image, truth = render.render(scene, seed, chosen)
+        assert np.array_equal(np.asarray(render.render_image(scene, seed, chosen)), np.asarray(image))
+        x0, y0, x1, y1 = render.MARKER_BOX_PX
+        box = np.zeros_like(truth.marker_mask_HW)
+        box[y0:y1, x0:x1] = True
+        assert np.array_equal(truth.marker_mask_HW, box if scene.marker == "present" else np.zeros_like(box))
+        if scene.marker == "present":
+            assert np.asarray(image)[box].mean() > 235
+
+
 def test_scene_rejects_unknown_values_naming_the_valid_ones():
     with pytest.raises(ValueError, match="valid: circle, square, triangle, cross"):
         render.Scene("hexagon", "red", "plain", "small", "top left", "absent")
