@@ -3,9 +3,10 @@
 A latent's label (ground truth on the toy world, the vocabulary's best concepts on a real model) is a
 hypothesis; its top-activating images are the evidence (Bricken et al. 2023; SAEDashboard; Neuronpedia). A card
 shows, for one latent of the current SAE, from its feature index (engine.index): the top images, each with that
-latent's activation per patch laid over it (recomputed on the spot, so the heatmap is the model's own, and
-equal to the index's value at its strongest patch), how often it fires, its mean activation, its activation
-histogram and quantiles, and its label.
+latent's activation per patch laid over it (the maps the index recorded when it was built, in float16; for an
+index without them, recomputed on the spot: either way the model's own, equal to the index's value at its
+strongest patch), how often it fires, its mean activation, its activation histogram and quantiles, and its
+label.
 
 Cards export as one self-contained HTML page (images inline as data URIs, the histogram as inline SVG, no
 script, every piece of text escaped) or as JSON (the same content, thumbnails as data URIs), so that someone who
@@ -83,15 +84,21 @@ def latent_card(
         raise ValueError(f"the index describes {index.d_sae} latents, the SAE has {workbench.d_sae}")
     stats = index.stats(latent)
     source = index.source(allowed)
-    loaded = [(p, v, patch, source.load(p)) for p, v, patch in stats.top[:n_examples]]
-    loaded = [entry for entry in loaded if entry[3] is not None]  # a file removed since the index was built
+    grid = workbench.backend.grid
+    recorded_NP = index.top_maps(latent)  # the build's own maps, when it recorded them: no model run here
+    if recorded_NP is not None and recorded_NP.shape[1] != grid[0] * grid[1]:
+        recorded_NP = None
+    loaded = [(j, p, v, patch, source.load(p)) for j, (p, v, patch) in enumerate(stats.top[:n_examples])]
+    loaded = [entry for entry in loaded if entry[4] is not None]  # a file removed since the index was built
     examples = []
     if loaded:
-        pixels = workbench.pixels([im for *_, im in loaded])
-        ((_, f_BTS, _),) = list(workbench.stream_codes([pixels]))
-        grid = workbench.backend.grid
-        patch_BP = f_BTS[:, workbench.backend.n_prefix_tokens :, latent].float().cpu()
-        for (position, value, patch, image), map_P in zip(loaded, patch_BP):
+        if recorded_NP is not None:
+            patch_BP = recorded_NP[[j for j, *_ in loaded]]
+        else:
+            pixels = workbench.pixels([im for *_, im in loaded])
+            ((_, f_BTS, _),) = list(workbench.stream_codes([pixels]))
+            patch_BP = f_BTS[:, workbench.backend.n_prefix_tokens :, latent].float().cpu()
+        for (_, position, value, patch, image), map_P in zip(loaded, patch_BP, strict=True):
             examples.append(CardExample(position, source.name(position), value, patch, image, map_P.view(grid).numpy()))
     name, score, label_source = vocabulary.latent_names(workbench, [latent], template, concepts)[latent]
     return LatentCard(
