@@ -134,7 +134,7 @@ class IndexState:
     histogram_SB: torch.Tensor
     n_images: int = 0
     n_tokens: int = 0
-    top_maps_SNP: torch.Tensor | None = None  # recorded only when asked (see the module docstring)
+    top_maps_SNP: torch.Tensor | None = None  # None: this index records no patch maps (module docstring)
 
     @classmethod
     def empty(cls, d_sae: int, top_n: int, n_patches: int = 0) -> IndexState:
