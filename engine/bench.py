@@ -32,7 +32,10 @@ about the cache.
 * ``sae_train_tokens_per_s``: engine.train_sae's training loop end to end (images read, the model's prefix, the
   SAE's forward, backward and Adam step) on ViT-B/32 (random weights, 24,576 latents, k = 32, noise images) and
   on the toy model (its SAE's size, rendered scenes); ``index_images_per_s``: engine.index's build, the same way.
-  ``python -m engine.bench --only dataset_scale`` measures these two alone (``--only explain`` the next one);
+  ``latent_card_ms``: one latent card (its 16 top images read, their heatmaps, the statistics) on ViT-B/32 from
+  an index of noise images, p50 over latents, read from the index's patch maps (``patch_maps``) and with them
+  left out, the card running the model on its images (``model_run``).
+  ``python -m engine.bench --only dataset_scale`` measures these three alone (``--only explain`` the next one);
 * ``vit_l14_336`` (on a GPU in every run; on a CPU only with ``--only vit_l14_336``, minutes): LLaVA's vision
   tower (ViT-L/14 at 336 px, random weights) at ``blocks.22.resid_post`` with a random TopK SAE of 65,536 latents
   (k = 64): ``sweep_vs_ideal`` and ``attribution_vs_forward`` with absolute milliseconds and peak GPU memory, in
@@ -63,9 +66,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import attribution, bench_endpoints, index, patching, steering, train_sae
+from engine import attribution, bench_endpoints, cards, index, patching, steering, train_sae
 from engine.errors import UnknownChoiceError
-from engine.image_sources import ImageSource, ToyImages
+from engine.image_sources import FolderImages, ImageSource, ToyImages
 from engine.report import print_result
 from engine.resident import Workbench, load_workbench
 from engine.sae import SAE, SAEConfig
@@ -533,10 +536,35 @@ def index_speed(workbench: Workbench, source: ImageSource, batch_images: int) ->
     return round(len(source) / (clock() - start), 1)
 
 
-def dataset_scale(vit: Workbench, toy: Workbench) -> dict:
+def card_speed(workbench: Workbench, directory: Path, n_images: int, n_latents: int = 5) -> dict:
+    """``latent_card_ms``: a card's time, p50 over the ``n_latents`` latents with the most top images (16 each
+    with enough images), from an index (of ``n_images`` noise images in ``directory``) with its patch maps and with
+    them left out."""
+    data = directory / "card_images"
+    bench_endpoints.image_files(data, bench_endpoints.noise_images(n_images, seed=55_003))
+    index.build_index(workbench, FolderImages(str(data)), directory / "card_index", top_n=16, patch_maps=True)
+    found = index.FeatureIndex(directory / "card_index")
+    latents = sorted(range(found.d_sae), key=lambda s: -len(found.stats(s).top))[:n_latents]  # full cards first
+    cards.latent_card(workbench, found, latents[0])  # warm-up
+
+    def p50_ms() -> float:
+        seconds = []
+        for latent in latents:
+            start = clock()
+            cards.latent_card(workbench, found, latent)
+            seconds.append(clock() - start)
+        return round(statistics.median(seconds) * 1000, 1)
+
+    with_maps = p50_ms()
+    found.state.top_maps_SNP = None  # the same index without its maps: each card runs the model
+    without = p50_ms()
+    return {"patch_maps": with_maps, "model_run": without, "latents": len(latents)}
+
+
+def dataset_scale(vit: Workbench, toy: Workbench, directory: str | Path) -> dict:
     """``sae_train_tokens_per_s`` and ``index_images_per_s`` on ViT-B/32 (random weights, 24,576 latents, k = 32,
     at blocks.10.resid_post, 224 px noise images) and on the toy model (its SAE's recipe: 384 latents, k = 32,
-    rendered scenes)."""
+    rendered scenes); ``latent_card_ms`` on ViT-B/32 (files written under ``directory``)."""
     on_gpu = vit.device.type == "cuda"
     vit_config = train_sae.TrainConfig(
         vit.site, expansion=32, k=32, steps=6 if on_gpu else 3, images_per_step=64 if on_gpu else 8,
@@ -552,6 +580,7 @@ def dataset_scale(vit: Workbench, toy: Workbench) -> dict:
             "index_images_per_s": index_speed(
                 vit, NoiseImages(256 if on_gpu else 32, 224, seed=1), 64 if on_gpu else 16
             ),
+            "latent_card_ms": card_speed(vit, Path(directory), 48),
         },
         "toy": {
             "sae_train_tokens_per_s": toy_training.pop("tokens_per_s"),
@@ -582,7 +611,7 @@ def run(
     if only == "dataset_scale":
         with tempfile.TemporaryDirectory() as tmp:
             toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
-            return {**result, **dataset_scale(vit_b32_workbench(Path(tmp), device, dtype), toy)}
+            return {**result, **dataset_scale(vit_b32_workbench(Path(tmp), device, dtype), toy, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
         workbench = vit_b32_workbench(Path(tmp), device, dtype)
         images, latent = Images(224), 7
@@ -594,7 +623,7 @@ def run(
         result["patching_sweep"] = patching_sweep(workbench, images, NAIVE_PATCH_SAMPLE)
         result["peak_gpu_mb"] = peak_gpu_mb(device)
         toy = load_workbench(ModelSpec.toy(), SAESpec.toy(), str(device), dtype=dtype)
-        scale = dataset_scale(workbench, toy)
+        scale = dataset_scale(workbench, toy, tmp)
         result.update(scale["vit_b32"])
         del workbench
     result["toy"] = speed_ratios(toy, Images(48, seed=1), latent, max(repeats, TOY_REPEATS))

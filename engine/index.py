@@ -63,6 +63,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,20 +166,20 @@ class IndexState:
         ids_BS = torch.tensor(images_B, dtype=torch.int64)[:, None].expand(B, S)
         values_SB = torch.where(fired_BS, score_BS, float("-inf")).T
         images_SB = torch.where(fired_BS, ids_BS, -1).T
-        # the batch's own top N per latent first (the same order as merge_top: the result is the same), so that
-        # only those images' patch maps are gathered: (S, N, P), not (S, B, P)
+        # the batch's own top N per latent first (the same order as merge_top: the result is the same)
         keep_SM = top_order(values_SB, images_SB, min(self.top_n, B))
-        maps_SMP = None
-        if self.top_maps_SNP is not None:
-            kept_SM = images_SB.gather(1, keep_SM) >= 0
-            maps_SBP = f_BTS[:, n_prefix_tokens:].permute(2, 0, 1)  # a view: (S, B, P)
-            maps_SMP = maps_SBP.gather(1, keep_SM[..., None].expand(-1, -1, maps_SBP.shape[2]))
-            maps_SMP = torch.where(kept_SM[..., None], maps_SMP, 0.0).clamp(-FLOAT16_MAX, FLOAT16_MAX)
+        candidates_SM = images_SB.gather(1, keep_SM)
+        f_BPS = f_BTS[:, n_prefix_tokens:]
+
+        def maps_of(s_K: torch.Tensor, c_K: torch.Tensor) -> torch.Tensor:  # read for the lists' newcomers only
+            maps_KP = f_BPS[keep_SM[s_K, c_K], :, s_K]
+            return torch.where((candidates_SM[s_K, c_K] >= 0)[:, None], maps_KP, 0.0).clamp(-FLOAT16_MAX, FLOAT16_MAX)
+
         self.merge_top(
             values_SB.gather(1, keep_SM),
-            images_SB.gather(1, keep_SM),
+            candidates_SM,
             torch.where(fired_BS, patch_BS, -1).T.gather(1, keep_SM),
-            maps_SMP,
+            maps_of,
         )
         nonzero_BTS = f_BTS != 0
         self.fired_tokens_S += nonzero_BTS.sum((0, 1))
@@ -195,26 +196,42 @@ class IndexState:
         values_SM: torch.Tensor,
         images_SM: torch.Tensor,
         patches_SM: torch.Tensor,
-        maps_SMP: torch.Tensor | None = None,
+        maps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        """Keep the top N of the current lists and the candidates (:func:`top_order`), with their patch maps when
-        this index records them."""
+        """Keep the top N of the current lists and the candidates (:func:`top_order`). When this index records patch
+        maps, ``maps_of(s_K, c_K)`` gives the maps (K, P) of candidate column ``c_K[k]`` of latent ``s_K[k]``, asked
+        only for the candidates that enter a list; and only the lists that changed are rewritten (once the lists
+        have filled, a batch changes few of them)."""
+        n = self.top_n
         values = torch.cat([self.top_values_SN, values_SM], 1)
         images = torch.cat([self.top_images_SN, images_SM], 1)
         patches = torch.cat([self.top_patches_SN, patches_SM], 1)
-        keep_SN = top_order(values, images, self.top_n)
+        keep_SN = top_order(values, images, n)
         self.top_values_SN, self.top_images_SN, self.top_patches_SN = (
             t.gather(1, keep_SN) for t in (values, images, patches)
         )
-        if self.top_maps_SNP is not None:
-            if maps_SMP is None:
-                raise ValueError("this index records patch maps: merge candidates with theirs")
-            maps = torch.cat([self.top_maps_SNP, maps_SMP.to(torch.float16)], 1)
-            self.top_maps_SNP = maps.gather(1, keep_SN[..., None].expand(-1, -1, maps.shape[2]))
+        if self.top_maps_SNP is None:
+            return
+        if maps_of is None:
+            raise ValueError("this index records patch maps: merge candidates with theirs")
+        rows_R = (keep_SN != torch.arange(n)).any(1).nonzero().flatten()
+        keep_RN = keep_SN[rows_R]
+        maps_RNP = self.top_maps_SNP[rows_R].gather(
+            1, keep_RN.clamp(max=n - 1)[..., None].expand(-1, -1, self.n_patches)
+        )
+        r_K, n_K = (keep_RN >= n).nonzero(as_tuple=True)
+        maps_RNP[r_K, n_K] = maps_of(rows_R[r_K], keep_RN[r_K, n_K] - n).to(torch.float16)
+        self.top_maps_SNP[rows_R] = maps_RNP
 
     def absorb(self, other: IndexState) -> None:
         """Add another part's results (other images) to these."""
-        self.merge_top(other.top_values_SN, other.top_images_SN, other.top_patches_SN, other.top_maps_SNP)
+        maps = other.top_maps_SNP
+        self.merge_top(
+            other.top_values_SN,
+            other.top_images_SN,
+            other.top_patches_SN,
+            None if maps is None else (lambda s_K, c_K: maps[s_K, c_K]),
+        )
         for name in ("fired_tokens_S", "fired_images_S", "sum_S", "histogram_SB"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.n_images += other.n_images

@@ -39,3 +39,11 @@ def test_the_endpoints_part_alone_is_laid_out_as_in_the_full_run_and_judged(monk
     assert result["end_to_end"] == figures
     judged = targets(result)["end_to_end.toy.tls_once_vs_floor"]
     assert judged == {"value": 1.9, "limit": "<= 1.5", "met": False, "misses": {"latent_card": 1.9}}
+
+
+def test_the_card_figure_times_a_card_with_and_without_patch_maps(workbench, tmp_path):
+    from engine.bench import card_speed
+
+    figure = card_speed(workbench, tmp_path, n_images=20, n_latents=3)
+    assert figure["latents"] == 3 and figure["patch_maps"] > 0 and figure["model_run"] > 0
+    assert (tmp_path / "card_index" / "manifest.json").is_file()
