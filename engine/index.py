@@ -45,7 +45,8 @@ images through the model again: about a second on a CPU for ViT-B/32, most of a 
 them: 16 x 49 values per latent for ViT-B/32, 38 MB in float16 for 24,576 latents (the maps of the toy's 384
 latents: 0.4 MB). They are what the build saw, in float16 (3 significant digits, the precision of a heatmap);
 an index too large for them (ViT-L/14-336's 65,536 latents x 576 patches would take 1.2 GB) leaves them out by
-default and its cards run the model.
+default and its cards run the model. Recording them costs little: a map is read only for an image that enters a
+top list, and only the lists that changed are rewritten (``IndexState.merge_top``).
 
 **Several processes and resuming.** The dataset is read in chunks of ``chunk_images``; each process takes every
 world-th image of a chunk, then the chunk's partial results are merged over processes (top lists merged, counts
