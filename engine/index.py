@@ -86,7 +86,7 @@ N_BINS = len(BIN_EDGES) + 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz", ".npy")
 PATCH_MAPS_MAX_BYTES = 256 * 2**20
 """``top_maps_SNP`` is recorded by default when it takes at most this much (d_sae x top_n x patches x 2 bytes)."""
-FLOAT16_MAX = 65504.0
+FLOAT16_MAX = torch.finfo(torch.float16).max  # a larger activation is stored as this, not as inf
 
 
 def portable_path(path: Path) -> str:
