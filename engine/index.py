@@ -73,7 +73,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import SAEFormatError, UserInputError, WorkbenchError
 from engine.image_sources import FolderImages, ImageSource, parse_source
-from engine.report import print_result
+from engine.report import end_launched_process, print_result
 from engine.resident import Workbench
 
 log = logging.getLogger(__name__)
@@ -621,6 +621,7 @@ def run_build(args: argparse.Namespace, command: str) -> None:
     )
     if accelerator.is_main_process:
         print_result({**manifest["counts"], "seconds": manifest["seconds"]}, as_json=True)
+    end_launched_process(accelerator.num_processes)
 
 
 def parse_latents(text: str, d_sae: int) -> list[int]:

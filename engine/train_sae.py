@@ -78,7 +78,7 @@ from engine.backends import Backend, load_backend
 from engine.errors import UnknownChoiceError, UserInputError, WorkbenchError
 from engine.image_sources import ImageSource, parse_source
 from engine.registry import parse_model
-from engine.report import print_result
+from engine.report import end_launched_process, print_result
 from engine.sae import SAE, SAEConfig
 
 log = logging.getLogger(__name__)
@@ -619,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if accelerator.is_main_process:
         print_result(manifest["metrics"], as_json=True)
+    end_launched_process(accelerator.num_processes)
 
 
 if __name__ == "__main__":
