@@ -175,15 +175,34 @@ def test_drawings_are_served_from_their_own_folder_as_they_were_written(served):
     assert missing.status_code in (403, 404)
 
 
-def test_the_served_queue_looks_for_work_every_few_milliseconds_not_every_one():
+def test_the_served_queue_looks_for_work_every_few_milliseconds_and_sums_up_every_hundred_events():
     from app import QUEUE_POLL_S, create_app, serve
 
     app = create_app("cpu", {"toy": TOY})
     serve(app, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
     try:
         assert app._queue.sleep_when_free == QUEUE_POLL_S == 0.005
+        assert app._queue.ANAYLTICS_CACHE_FREQUENCY == 100  # (sic) its monitoring summary: not after each request
     finally:
         app.close()
+
+
+def test_a_drawing_is_found_in_the_static_paths_at_the_first_comparison(monkeypatch):
+    """Gradio compares an output file with its static paths in turn, resolving both on disk each time: the
+    drawings' folder comes first, ahead of the icons gradio registers when imported."""
+    import gradio.utils
+
+    share.serve_images_as_they_are()
+    compared = []
+    real = gradio.utils.is_in_or_equal
+    monkeypatch.setattr(
+        gradio.utils, "is_in_or_equal", lambda path, static: compared.append(static) or real(path, static)
+    )
+    drawing = share.output_path("probe_", ".png")
+    try:
+        assert is_static_file(str(drawing)) and compared == [share.IMAGE_DIR.resolve()]
+    finally:
+        drawing.unlink()
 
 
 @pytest.mark.parametrize(("suffix", "folder"), [(".png", "IMAGE_DIR"), (".jpg", "IMAGE_DIR"), (".html", "OUTPUT_DIR")])

@@ -114,10 +114,21 @@ _prune_lock = threading.Lock()
 
 @functools.cache
 def serve_images_as_they_are() -> None:
-    """Register :data:`IMAGE_DIR` as a Gradio static path, once per process (Gradio keeps one list of them for every
-    app in the process, and compares a file with each entry in turn)."""
+    """Register :data:`IMAGE_DIR` as a Gradio static path, once per process, first in Gradio's list of them.
+
+    Gradio keeps one list for every app in the process and compares a file with each entry in turn until one
+    holds it, resolving both paths on disk each time. Its own two icons (registered when gradio is imported, deep
+    in site-packages) come first, so each of our files cost three comparisons, 0.17 ms each on this project's 2
+    cores: 4 ms of a toy Attribution answer (six heatmaps, each checked twice). Moved to the front, one. Gradio
+    has no public way to order the list; where its private one is missing, the order stays as it was."""
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     set_static_paths([IMAGE_DIR])
+    try:
+        from gradio.data_classes import _StaticFiles
+    except ImportError:
+        return
+    ours = IMAGE_DIR.resolve()
+    _StaticFiles.all_paths.sort(key=lambda path: path != ours)  # stable: ours first, the rest in their order
 
 
 def prune_outputs(now: float, force: bool = False) -> None:
