@@ -211,6 +211,7 @@ def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkey
 
     def stale_file():
         path = share.output_path("stale_", suffix)
+        share.wait_for_pruning()  # the sweep a write starts runs in the background: let it end first
         old = time.time() - share.OUTPUT_MAX_AGE_S - 60
         os.utime(path, (old, old))
         return path
@@ -221,7 +222,30 @@ def test_old_output_files_are_pruned_by_a_write_at_most_every_few_seconds(monkey
     assert first.exists() and second.exists() and first.parent == getattr(share, folder)
     monkeypatch.setitem(share._pruned, "at", time.time() - share.PRUNE_EVERY_S - 1)
     fresh = share.output_path("fresh_", ".png")  # a drawing's write prunes the downloads too
+    share.wait_for_pruning()
     assert not first.exists() and not second.exists() and fresh.exists()
+
+
+def test_a_write_does_not_wait_for_the_sweep_it_starts(monkeypatch):
+    """The sweep of old outputs runs on its own thread: the request whose write starts it goes on at once."""
+    started, release, ran_on = threading.Event(), threading.Event(), []
+
+    def slow_sweep(now):
+        ran_on.append(threading.current_thread())
+        started.set()
+        release.wait(5)
+
+    monkeypatch.setattr(share, "sweep_outputs", slow_sweep)
+    monkeypatch.setitem(share._pruned, "at", 0.0)
+    path = share.output_path("probe_", ".png")  # returns while the sweep is still running
+    try:
+        assert (
+            path.exists() and started.wait(5) and ran_on == [ran_on[0]] and ran_on[0] is not threading.current_thread()
+        )
+    finally:
+        release.set()
+        share.wait_for_pruning()
+        path.unlink()
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,20 @@ import base64
 import functools
 import html
 import io
+import logging
 import os
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gradio.utils import get_upload_folder, set_static_paths
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
@@ -108,9 +112,12 @@ PRUNE_EVERY_S = 10
 """A handler's output file is what the user's page shows, so it lives as long as the files Gradio caches for the
 app (an hour: ui.layout.DELETE_CACHE, which removes them too). Files older than ``OUTPUT_MAX_AGE_S`` are removed
 by a write at most every ``PRUNE_EVERY_S`` (listing the directory on every write cost 15 ms per heatmap once a
-busy server had written a thousand files), so the directory stays bounded by what an hour of requests write."""
+busy server had written a thousand files), so the directory stays bounded by what an hour of requests write. The
+sweep runs on a thread of its own, not in the request whose write started it: with 12,600 files in the folder it
+took 52 to 58 ms on this project's 2 cores."""
 _pruned = {"at": 0.0}
 _prune_lock = threading.Lock()
+_sweeper = ThreadPoolExecutor(1, thread_name_prefix="prune-outputs")
 
 
 @functools.cache
@@ -133,12 +140,29 @@ def serve_images_as_they_are() -> None:
 
 
 def prune_outputs(now: float, force: bool = False) -> None:
-    """Remove the output files older than :data:`OUTPUT_MAX_AGE_S`, unless that was done in the last
-    :data:`PRUNE_EVERY_S` (``force``: regardless)."""
+    """Start removing the output files older than :data:`OUTPUT_MAX_AGE_S` at ``now``, in the background, unless
+    that was started in the last :data:`PRUNE_EVERY_S` (``force``: regardless). :func:`wait_for_pruning` waits
+    for it."""
     with _prune_lock:
         if not force and now - _pruned["at"] < PRUNE_EVERY_S:
             return
         _pruned["at"] = now
+    _sweeper.submit(sweep_outputs, now).add_done_callback(report_failed_sweep)
+
+
+def report_failed_sweep(done) -> None:
+    """Log what stopped a background sweep (nobody waits for it to see the error); the next one tries again."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("could not prune old output files: %s", done.exception())
+
+
+def wait_for_pruning() -> None:
+    """Return once every sweep :func:`prune_outputs` started has finished (they run one at a time, in order)."""
+    _sweeper.submit(lambda: None).result()
+
+
+def sweep_outputs(now: float) -> None:
+    """Remove the output files older than :data:`OUTPUT_MAX_AGE_S` at ``now``."""
     for directory in (OUTPUT_DIR, IMAGE_DIR):
         for old in directory.iterdir() if directory.is_dir() else ():
             try:
