@@ -22,8 +22,10 @@ endpoint 10 ms slower than the floor can read 50 ms slower; the REST figures sho
 * ``endpoint_ms`` / ``http_ms``: p50 and p95 per endpoint, the image's upload included;
 * ``engine_ms`` (ViT-B/32): p50 of the engine calls each handler makes (attribution with its faithfulness check
   and latent names, steering, the sweep, the held-out batch, the image check) timed in this process on the same
-  kind of images while the server is idle; ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)``
-  (``http_vs_engine_plus_floor`` the same with the REST figures);
+  image right after each endpoint call and its floor, while the server is idle (``tls_once_engine_ms`` and
+  ``http_engine_ms`` beside the other two ways' calls): the three terms of a ratio are timed in the same seconds;
+  ``vs_engine_plus_floor`` is ``endpoint p50 / (engine + floor)`` (``http_vs_engine_plus_floor`` the same with the
+  REST figures);
 * ``vs_floor`` / ``http_vs_floor`` (toy): ``endpoint p50 / floor``;
 * ``tls_once_floor_ms`` / ``tls_once_ms`` and their ratios: the same through a gradio_client whose TLS set-up is
   done once (``ssl_verify`` an ``ssl.SSLContext`` of the same certificate bundle, :func:`tls_once_client`): by
@@ -204,15 +206,21 @@ class RestClient:
 
 
 def time_endpoints(
-    client, calls: dict, files: Iterator[str], labels: str, repeats: int, file_arg: Callable
-) -> tuple[dict, float]:
+    client, calls: dict, files: Iterator[str], labels: str, repeats: int, file_arg: Callable, engine: dict | None = None
+) -> dict:
     """Per endpoint p50/p95 over ``repeats`` calls (after one warm-up), each with the next unseen image (sent by
     ``file_arg(path)`` inside the timed span: the upload is part of the wait); one floor call after each timed
-    call. Returns (endpoint_ms, floor p50 in ms)."""
+    call. ``engine`` (endpoint -> the engine work behind it, on an image): after each call and its floor, that
+    work is timed in this process on the same image while the server is idle, so that the endpoint, the floor
+    and the engine are timed in the same seconds (this shared machine's speed drifts by 20 to 30% over minutes,
+    which moved a ratio of figures taken minutes apart as much as any change did). Returns ``{"endpoint_ms",
+    "floor_ms", "engine_ms"}`` (the last only with ``engine``: each endpoint's p50 in ms)."""
+    from engine.bench import clock
+
     floor: list[float] = []
-    out = {}
+    out: dict = {"endpoint_ms": {}}
     for name, make in calls.items():
-        seconds = []
+        seconds, engine_seconds = [], []
         for i in range(repeats + 1):
             path = next(files)
             start = time.perf_counter()
@@ -223,8 +231,18 @@ def time_endpoints(
             start = time.perf_counter()
             client.predict("(unchanged)", labels, api_name=f"/{FLOOR}")
             floor.append(time.perf_counter() - start)
-        out[name] = percentiles(seconds)
-    return out, round(statistics.median(floor) * 1000, 1)
+            if engine and name in engine:
+                image = read_image(path)
+                start = clock()
+                with torch.no_grad():
+                    engine[name](image)
+                if i:
+                    engine_seconds.append(clock() - start)
+        out["endpoint_ms"][name] = percentiles(seconds)
+        if engine_seconds:
+            out.setdefault("engine_ms", {})[name] = round(statistics.median(engine_seconds) * 1000, 1)
+    out["floor_ms"] = round(statistics.median(floor) * 1000, 1)
+    return out
 
 
 WAYS = 3  # gradio_client with its defaults, gradio_client with its TLS set-up done once, the REST API
@@ -244,27 +262,30 @@ def tls_once_client(client):
     return Client(client.src, verbose=False, download_files=False, ssl_verify=context)
 
 
-def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int) -> dict:
+def both_ways(client, calls: dict, files: list[str], labels: str, repeats: int, engine: dict | None = None) -> dict:
     """:func:`time_endpoints` through gradio_client (its defaults, then with the TLS set-up done once), then
-    through the REST API (fresh images for each), and what the image's upload alone costs each way."""
+    through the REST API (fresh images for each), and what the image's upload alone costs each way; with
+    ``engine``, the engine's p50s timed beside each way's calls (``engine_ms``, ``tls_once_engine_ms``,
+    ``http_engine_ms``)."""
     from gradio_client import handle_file
 
     if len(files) < WAYS * len(calls) * (repeats + 1):
         raise ValueError(f"{len(files)} images for {WAYS} ways x {len(calls)} endpoints x {repeats + 1} calls")
     fresh = iter(files)
-    endpoint_ms, floor = time_endpoints(client, calls, fresh, labels, repeats, handle_file)
-    tls_once_ms, tls_once_floor = time_endpoints(tls_once_client(client), calls, fresh, labels, repeats, handle_file)
     rest = RestClient(client.src)
-    http_ms, http_floor = time_endpoints(rest, calls, fresh, labels, repeats, rest.file)
-    return {
-        "gradio_floor_ms": floor,
-        "endpoint_ms": endpoint_ms,
-        "tls_once_floor_ms": tls_once_floor,
-        "tls_once_ms": tls_once_ms,
-        "http_floor_ms": http_floor,
-        "http_ms": http_ms,
-        "upload_ms": upload_cost(rest, files[:repeats]),
-    }
+    ways = (
+        ("", "gradio_floor_ms", "endpoint_ms", client, handle_file),
+        ("tls_once_", "tls_once_floor_ms", "tls_once_ms", tls_once_client(client), handle_file),
+        ("http_", "http_floor_ms", "http_ms", rest, rest.file),
+    )
+    out: dict = {}
+    for prefix, floor_key, ms_key, way_client, file_arg in ways:
+        figures = time_endpoints(way_client, calls, fresh, labels, repeats, file_arg, engine)
+        out[floor_key], out[ms_key] = figures["floor_ms"], figures["endpoint_ms"]
+        if "engine_ms" in figures:
+            out[f"{prefix}engine_ms"] = figures["engine_ms"]
+    out["upload_ms"] = upload_cost(rest, files[:repeats])
+    return out
 
 
 def upload_cost(rest: RestClient, files: list[str]) -> dict[str, float]:
@@ -345,24 +366,6 @@ def engine_calls(workbench: Workbench, labels: list[str], template: str, latent:
     }
 
 
-def time_engine(calls: dict[str, Callable], files: list[str], repeats: int) -> dict[str, float]:
-    from engine.bench import clock
-
-    fresh = iter(files)
-    out = {}
-    for name, fn in calls.items():
-        seconds = []
-        for i in range(repeats + 1):
-            image = read_image(next(fresh))
-            start = clock()
-            with torch.no_grad():
-                fn(image)
-            if i:
-                seconds.append(clock() - start)
-        out[name] = round(statistics.median(seconds) * 1000, 1)
-    return out
-
-
 def toy_figures(repeats: int, directory: Path) -> dict:
     calls = endpoint_calls("toy", TOY_LABELS, "a {}", latent=3)
     args = ["--explain-cache", str(directory / "explain_cache")]
@@ -397,20 +400,21 @@ def vit_figures(repeats: int, directory: Path, device: torch.device) -> dict:
     args = ["--model", model_text, "--sae", sae_text, "--allow-dir", str(directory), "--device", str(device)]
     calls = endpoint_calls(model, VIT_LABELS, "a photo of a {}.", latent=7)
     files = image_files(directory / "vit", noise_images((repeats + 1) * 7 * WAYS))
-    with served_app(args) as client:
-        figures = both_ways(client, calls, files, VIT_LABELS, repeats)
     from engine.sources import AllowedDirs
 
     workbench = load_workbench(
         ModelSpec("open_clip", "ViT-B-32"), SAESpec(sae_text), str(device), allowed=AllowedDirs.default([directory])
     )
-    engine_ms = time_engine(engine_calls(workbench, VIT_LABELS.split(", "), "a photo of a {}.", 7), files, repeats)
+    engine = engine_calls(workbench, VIT_LABELS.split(", "), "a photo of a {}.", 7)
+    with served_app(args) as client:
+        figures = both_ways(client, calls, files, VIT_LABELS, repeats, engine)
     return {
         **figures,
-        "engine_ms": engine_ms,
-        "vs_engine_plus_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"], engine_ms),
-        "tls_once_vs_engine_plus_floor": ratios(figures["tls_once_ms"], figures["tls_once_floor_ms"], engine_ms),
-        "http_vs_engine_plus_floor": ratios(figures["http_ms"], figures["http_floor_ms"], engine_ms),
+        "vs_engine_plus_floor": ratios(figures["endpoint_ms"], figures["gradio_floor_ms"], figures["engine_ms"]),
+        "tls_once_vs_engine_plus_floor": ratios(
+            figures["tls_once_ms"], figures["tls_once_floor_ms"], figures["tls_once_engine_ms"]
+        ),
+        "http_vs_engine_plus_floor": ratios(figures["http_ms"], figures["http_floor_ms"], figures["http_engine_ms"]),
     }
 
 

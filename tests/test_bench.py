@@ -47,3 +47,32 @@ def test_the_card_figure_times_a_card_with_and_without_patch_maps(workbench, tmp
     figure = card_speed(workbench, tmp_path, n_images=20, n_latents=3)
     assert figure["latents"] == 3 and figure["patch_maps"] > 0 and figure["model_run"] > 0
     assert (tmp_path / "card_index" / "manifest.json").is_file()
+
+
+def test_the_engine_is_timed_after_each_endpoint_call_and_its_floor_on_the_same_image(tmp_path):
+    """engine.bench_endpoints times an endpoint, the floor and the engine work behind the endpoint in the same
+    seconds: the engine runs in this process right after each call and its floor, on that call's image; the
+    warm-up call is left out of both figures."""
+    import numpy as np
+
+    from engine.bench_endpoints import image_files, noise_images, time_endpoints
+    from engine.images import read_image
+
+    files = image_files(tmp_path, noise_images(7, size=16))
+    seen = []
+
+    class Client:
+        def predict(self, *args, api_name):
+            seen.append(("floor",) if api_name == "/fill_labels" else ("call", api_name, args[0]))
+
+    calls = {"a": lambda path, i: ((path,), "/a"), "b": lambda path, i: ((path,), "/b")}
+    engine = {"a": lambda image: seen.append(("engine", np.asarray(image).copy()))}
+    figures = time_endpoints(Client(), calls, iter(files), "x", repeats=2, file_arg=str, engine=engine)
+
+    assert set(figures) == {"endpoint_ms", "floor_ms", "engine_ms"}
+    assert set(figures["endpoint_ms"]) == {"a", "b"} and set(figures["engine_ms"]) == {"a"}  # b has no engine work
+    for k in range(3):  # a's warm-up and two timed calls: call, floor, engine on that call's image
+        call, floor, (kind, pixels) = seen[3 * k : 3 * k + 3]
+        assert call == ("call", "/a", files[k]) and floor == ("floor",) and kind == "engine"
+        assert np.array_equal(pixels, np.asarray(read_image(files[k])))
+    assert seen[9:] == [x for k in (3, 4, 5) for x in (("call", "/b", files[k]), ("floor",))]
