@@ -76,3 +76,13 @@ def test_the_engine_is_timed_after_each_endpoint_call_and_its_floor_on_the_same_
         assert call == ("call", "/a", files[k]) and floor == ("floor",) and kind == "engine"
         assert np.array_equal(pixels, np.asarray(read_image(files[k])))
     assert seen[9:] == [x for k in (3, 4, 5) for x in (("call", "/b", files[k]), ("floor",))]
+
+
+def test_the_tables_through_gradio_clients_defaults_are_reported_not_judged():
+    """The end-to-end targets are judged with gradio_client's TLS set-up done once; with its defaults a call with
+    an image pays the client's set-up once more than the floor, which no server can take away (engine.bench)."""
+    tables = {"vs_floor": {"attribute": 1.96}, "tls_once_vs_floor": {"attribute": 1.1}}
+    vit = {"vs_engine_plus_floor": {"steer": 1.3}, "tls_once_vs_engine_plus_floor": {"steer": 1.05}}
+    judged = targets({"end_to_end": {"toy": tables, "vit_b32": vit}})
+    assert set(judged) == {"end_to_end.toy.tls_once_vs_floor", "end_to_end.vit_b32.tls_once_vs_engine_plus_floor"}
+    assert all(t["met"] for t in judged.values())
